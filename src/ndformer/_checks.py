@@ -1,0 +1,54 @@
+"""Argument checks shared by the public API: one place for the error messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+IntOrTuple = int | tuple[int, ...]
+
+
+def check_int(name: str, value: object, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``minimum``, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_per_axis(name: str, value: object, minimum: int | None = None) -> IntOrTuple:
+    """Validate an int-or-per-axis-tuple argument; returns it unchanged (lists become tuples)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) == 0:
+            raise ValueError(f"{name} must be an int or a non-empty tuple of ints, got {value!r}")
+        return tuple(check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
+    return check_int(name, value, minimum)
+
+
+def check_bool_per_axis(name: str, value: object) -> bool | tuple[bool, ...]:
+    """Validate a bool-or-per-axis-tuple-of-bools argument."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) == 0 or not all(isinstance(v, bool) for v in value):
+            raise ValueError(f"{name} must be a bool or a non-empty tuple of bools, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool or a tuple of bools, got {value!r}")
+    return value
+
+
+def per_axis(name: str, value: int | bool | tuple, ndim: int) -> tuple:
+    """Expand an int (or bool) to ``ndim`` copies; check a tuple has exactly ``ndim`` entries."""
+    if isinstance(value, tuple):
+        if len(value) != ndim:
+            raise ValueError(
+                f"{name} has {len(value)} entries {value!r} but the layout has {ndim} axes"
+            )
+        return value
+    return (value,) * ndim
+
+
+def check_axis(name: str, axis: int, ndim: int) -> int:
+    """Normalise a possibly negative axis index against ``ndim`` axes."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is outside a layout with {ndim} axes (valid: 0..{ndim - 1})")
+    return axis % ndim

@@ -1,0 +1,128 @@
+"""``attend``: attention under a pattern, dispatched to the fastest exact kernel."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_per_axis, per_axis
+from .kernels import (
+    block_sparse_attention,
+    block_sparse_plan,
+    local_plan,
+    reference_attention,
+    tiled_attention,
+)
+from .layout import Grid, as_layout
+from .patterns import HeadSplit, Pattern, Separable, pattern as parse_pattern
+from .patterns.axis import AllRule
+
+Backend = Literal["auto", "reference", "tiled", "blocksparse"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse")
+
+#: Target number of tokens in one N-D tile of the block-sparse kernel.
+BLOCK_TILE_TOKENS = 64
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Grid) -> None:
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [B, heads, N, head_dim]; got {shapes}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"q, k and v must have the same batch size; got {shapes}")
+    if not (q.shape[1] == k.shape[1] == v.shape[1]):
+        raise ValueError(f"q, k and v must have the same number of heads; got {shapes}")
+    n = layout.num_tokens
+    if not (q.shape[2] == k.shape[2] == v.shape[2] == n):
+        raise ValueError(
+            f"q, k and v must have N = {n} tokens (the layout {layout.shape} flattened); got {shapes}"
+        )
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"q and k must have the same head_dim; got {shapes}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must have one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+
+
+def _tile(tile: int | tuple[int, ...] | None, layout: Grid) -> tuple[int | None, ...]:
+    if tile is None:
+        return (None,) * layout.ndim
+    return per_axis("tile", check_per_axis("tile", tile, minimum=1), layout.ndim)
+
+
+def _block_tile(tile: tuple[int | None, ...], layout: Grid) -> tuple[int, ...]:
+    """Box tile shape: the given sizes, else about BLOCK_TILE_TOKENS tokens spread over axes."""
+    side = max(1, round(BLOCK_TILE_TOKENS ** (1 / layout.ndim)))
+    return tuple(min(t or side, n) for t, n in zip(tile, layout.shape, strict=True))
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern | str,
+    layout: Grid | tuple[int, ...],
+    *,
+    scale: float | None = None,
+    backend: Backend = "auto",
+    tile: int | tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Attention of q over k, v restricted to the pairs ``pattern`` allows on ``layout``.
+
+    Args:
+        q, k: [B, heads, N, head_dim]; v: [B, heads, N, head_dim_v], tokens in the
+            layout's order (row-major over the grid).
+        pattern: a ``Pattern`` or a spec string (``"neighborhood(7)"``).
+        layout: a ``Grid`` (or its shape) with ``num_tokens == N``.
+        scale: logit scale, default ``1 / sqrt(head_dim)``.
+        backend: ``"auto"`` picks the fast path; ``"tiled"`` (query tiles + key halos
+            through SDPA; local separable patterns), ``"blocksparse"`` (any pattern) or
+            ``"reference"`` (dense mask: N x N memory, for tests and debugging).
+        tile: query tile size per axis (int or tuple) for the fast paths; a tuning
+            knob that never changes the result.
+
+    Returns [B, heads, N, head_dim_v], equal to
+    ``F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.mask(layout, heads))``.
+    """
+    layout = as_layout(layout)
+    pattern = parse_pattern(pattern)
+    _check_inputs(q, k, v, layout)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    pattern.check(layout)
+    tiles = _tile(tile, layout)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+    if backend == "reference":
+        return reference_attention(q, k, v, pattern, layout, scale)
+    if isinstance(pattern, HeadSplit) and backend == "auto":
+        outputs = []
+        for part, (start, stop) in zip(
+            pattern.patterns, pattern.head_groups(q.shape[1]), strict=True
+        ):
+            if stop > start:
+                heads = slice(start, stop)
+                outputs.append(
+                    attend(q[:, heads], k[:, heads], v[:, heads], part, layout, scale=scale,
+                           tile=tile)
+                )
+        return torch.cat(outputs, dim=1)
+    if isinstance(pattern, Separable) and backend in ("auto", "tiled"):
+        rules = pattern.axis_rules(layout)
+        if backend == "auto" and all(isinstance(r, AllRule) for r in rules):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        if all(r.local for r in rules):
+            plan = local_plan(rules, layout.shape, tiles, q.device)
+            return tiled_attention(q, k, v, plan, scale)
+    if backend == "tiled":
+        raise ValueError(
+            f"backend='tiled' needs a separable pattern with local axes (windows, stripes,"
+            f" neighborhoods); {pattern!r} is not one; use 'auto' or 'blocksparse'"
+        )
+    plan = block_sparse_plan(pattern, layout, _block_tile(tiles, layout), q.shape[1], q.device)
+    return block_sparse_attention(q, k, v, plan, scale)

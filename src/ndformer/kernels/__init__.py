@@ -1,0 +1,15 @@
+"""Fast paths (pure functions) and the reference they must equal."""
+
+from .blocksparse import block_sparse_attention, block_sparse_plan
+from .geometry import local_plan, tile_geometry
+from .local import tiled_attention
+from .reference import reference_attention
+
+__all__ = [
+    "block_sparse_attention",
+    "block_sparse_plan",
+    "local_plan",
+    "reference_attention",
+    "tile_geometry",
+    "tiled_attention",
+]

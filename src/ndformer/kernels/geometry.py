@@ -1,0 +1,231 @@
+"""Tilings of N-D grids, built once per (rules, shape, tile, device) and cached.
+
+Everything here is N-D by construction: per-axis pieces (a few small 1-D
+tables) are combined across axes with ``axis_outer``, so no code path is
+written for a particular number of dimensions and no N x N tensor is built.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..layout import Grid
+from ..patterns.axis import AxisRule, relation
+
+
+def axis_outer(
+    parts: Sequence[torch.Tensor],
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lead: int = 0,
+) -> torch.Tensor:
+    """Combine one tensor per axis into their outer product under ``op``.
+
+    ``parts[a]`` has shape ``[*lead_dims, d_a^1, ..., d_a^k]``; the result has shape
+    ``[*lead_dims, prod_a d_a^1, ..., prod_a d_a^k]`` where each product dimension is
+    flattened row-major over axes (axis 0 slowest), i.e. the token order of a grid.
+    ``lead_dims`` are shared (broadcast), not combined.
+    """
+    n = len(parts)
+    k = parts[0].dim() - lead
+    result = None
+    for axis, part in enumerate(parts):
+        shape = list(part.shape[:lead]) + [1] * (n * k)
+        for j in range(k):
+            shape[lead + j * n + axis] = part.shape[lead + j]
+        view = part.reshape(shape)
+        result = view if result is None else op(result, view)
+    lead_shape = list(result.shape[:lead])
+    sizes = [math.prod(p.shape[lead + j] for p in parts) for j in range(k)]
+    full = lead_shape + [p.shape[lead + j] for j in range(k) for p in parts]
+    return result.expand(full).reshape(lead_shape + sizes)
+
+
+def flat_index(per_axis: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+    """Row-major token index from per-axis coordinate tensors combined by ``axis_outer``."""
+    strides = [math.prod(shape[a + 1 :]) for a in range(len(shape))]
+    return axis_outer([c * s for c, s in zip(per_axis, strides, strict=True)], operator.add)
+
+
+def tiled_row_index(
+    rows_per_axis: Sequence[torch.Tensor], tiles_per_axis: Sequence[int], slots_per_axis: Sequence[int]
+) -> torch.Tensor:
+    """Each token's row in tile order [N-D tile (row-major), N-D slot within tile (row-major)].
+
+    ``rows_per_axis[a][c]`` is ``tile * slots_per_axis[a] + slot`` of coordinate ``c`` on axis a.
+    """
+    tile_tokens = math.prod(slots_per_axis)
+    contributions = []
+    for axis, rows in enumerate(rows_per_axis):
+        tile_id, slot = rows // slots_per_axis[axis], rows % slots_per_axis[axis]
+        tile_stride = math.prod(tiles_per_axis[axis + 1 :]) * tile_tokens
+        slot_stride = math.prod(slots_per_axis[axis + 1 :])
+        contributions.append(tile_id * tile_stride + slot * slot_stride)
+    return axis_outer(contributions, operator.add)
+
+
+# ---------------------------------------------------------------------------
+# Query-tile / key-halo tiling for the tiled-SDPA kernel
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AxisTiling:
+    """One axis cut into ``num_tiles`` query tiles of ``T`` slots, each with ``H`` key slots.
+
+    ``queries [num_tiles, T]`` and ``keys [num_tiles, H]`` are coordinates on the
+    axis (padding slots repeat a real coordinate); ``allowed [num_tiles, T, H]`` is
+    the rule restricted to the tile, False at padding keys; ``inverse [L]`` is the
+    slot ``tile * T + t`` where each coordinate's own query row lives.
+    """
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+    allowed: torch.Tensor
+    inverse: torch.Tensor
+
+
+def _pad(values: torch.Tensor, size: int, fill: int) -> torch.Tensor:
+    return torch.cat([values, values.new_full((size - len(values),), fill)])
+
+
+@lru_cache(maxsize=512)
+def axis_tiling(rule: AxisRule, length: int, tile: int | None, device: torch.device) -> AxisTiling:
+    """Tile one axis for ``rule``: each query tile gets exactly the union of its keys."""
+    full = relation(rule, length)
+    groups = rule.query_groups(length, tile)
+    key_sets = [torch.nonzero(full[g].any(0)).flatten() for g in groups]
+    t = max(len(g) for g in groups)
+    h = max(len(k) for k in key_sets)
+    queries = torch.stack([_pad(g, t, int(g[-1])) for g in groups])
+    keys = torch.stack([_pad(k, h, int(k[0])) for k in key_sets])
+    key_real = torch.stack([torch.arange(h) < len(k) for k in key_sets])
+    allowed = full[queries[:, :, None], keys[:, None, :]] & key_real[:, None, :]
+    inverse = torch.empty(length, dtype=torch.long)
+    for i, g in enumerate(groups):
+        inverse[g] = i * t + torch.arange(len(g))
+    return AxisTiling(*(x.to(device) for x in (queries, keys, allowed, inverse)))
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """Gather indices and mask for attention over N-D query tiles and their key halos.
+
+    Shapes: ``query_index [num_tiles * T]`` and ``key_index [num_tiles * H]`` (token
+    indices), ``output_index [N]`` (into the tiled query rows), ``mask [num_tiles, T, H]``
+    or ``None`` when every tile attends to all of its keys.
+    """
+
+    query_index: torch.Tensor
+    key_index: torch.Tensor
+    output_index: torch.Tensor
+    mask: torch.Tensor | None
+    num_tiles: int
+    tile_tokens: int
+    halo_tokens: int
+
+
+@lru_cache(maxsize=128)
+def local_plan(
+    rules: tuple[AxisRule, ...],
+    shape: tuple[int, ...],
+    tile: tuple[int | None, ...],
+    device: torch.device,
+) -> LocalPlan:
+    tilings = [
+        axis_tiling(r, n, t, device) for r, n, t in zip(rules, shape, tile, strict=True)
+    ]
+    tiles_per_axis = [a.queries.shape[0] for a in tilings]
+    t_per_axis = [a.queries.shape[1] for a in tilings]
+    query_index = flat_index([a.queries for a in tilings], shape).flatten()
+    key_index = flat_index([a.keys for a in tilings], shape).flatten()
+    output_index = tiled_row_index([a.inverse for a in tilings], tiles_per_axis, t_per_axis)
+    mask = axis_outer([a.allowed for a in tilings], operator.and_)
+    return LocalPlan(
+        query_index=query_index,
+        key_index=key_index,
+        output_index=output_index,
+        mask=None if bool(mask.all()) else mask,
+        num_tiles=mask.shape[0],
+        tile_tokens=mask.shape[1],
+        halo_tokens=mask.shape[2],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Box tiling for the generic block-sparse kernel
+# ---------------------------------------------------------------------------
+@lru_cache(maxsize=512)
+def _axis_table(rule: AxisRule, length: int, tile: int, device: torch.device) -> torch.Tensor:
+    """Rule on the padded axis as [blocks, blocks, tile, tile]; padding rows/columns False."""
+    blocks = -(-length // tile)
+    pos = torch.arange(blocks * tile)
+    real = pos < length
+    c = pos.clamp(max=length - 1)
+    rel = rule.allowed(c[:, None], c[None, :], length) & real[:, None] & real[None, :]
+    return rel.view(blocks, tile, blocks, tile).permute(0, 2, 1, 3).contiguous().to(device)
+
+
+@dataclass(frozen=True, eq=False)
+class TileGeometry:
+    """A grid cut into N-D box tiles of shape ``tile`` (the grid is padded to whole tiles).
+
+    ``token_index [num_tiles * tile_tokens]`` gathers tokens into tile order (padding
+    slots repeat a real token); ``inverse [N]`` is each token's slot in that order;
+    ``tile_coords [num_tiles, ndim]`` are the tiles' block coordinates.
+    """
+
+    layout: Grid
+    tile: tuple[int, ...]
+    device: torch.device
+    token_index: torch.Tensor
+    inverse: torch.Tensor
+    tile_coords: torch.Tensor
+    num_tiles: int
+    tile_tokens: int
+
+    def _tables(self, rules: Sequence[AxisRule]) -> list[torch.Tensor]:
+        return [
+            _axis_table(r, n, t, self.device)
+            for r, n, t in zip(rules, self.layout.shape, self.tile, strict=True)
+        ]
+
+    def block_any(self, rules: Sequence[AxisRule]) -> torch.Tensor:
+        """[num_tiles, num_tiles] bool, exact for a separable pattern."""
+        return axis_outer([t.any(-1).any(-1) for t in self._tables(rules)], operator.and_)
+
+    def tile_mask(
+        self, rules: Sequence[AxisRule], q_tiles: torch.Tensor, k_tiles: torch.Tensor
+    ) -> torch.Tensor:
+        """[M, tile_tokens, tile_tokens] bool mask between tile pairs (q_tiles[m], k_tiles[m])."""
+        q, k = self.tile_coords[q_tiles], self.tile_coords[k_tiles]
+        parts = [t[q[:, a], k[:, a]] for a, t in enumerate(self._tables(rules))]
+        return axis_outer(parts, operator.and_, lead=1)
+
+
+@lru_cache(maxsize=64)
+def tile_geometry(layout: Grid, tile: tuple[int, ...], device: torch.device) -> TileGeometry:
+    shape = layout.shape
+    blocks = [-(-n // t) for n, t in zip(shape, tile, strict=True)]
+    # Per axis: [blocks, tile] coordinates of each slot, padding clamped to the last real one.
+    slots = [
+        torch.arange(b * t, device=device).clamp(max=n - 1).view(b, t)
+        for b, t, n in zip(blocks, tile, shape, strict=True)
+    ]
+    token_index = flat_index(slots, shape).flatten()
+    inverse = tiled_row_index([torch.arange(n, device=device) for n in shape], blocks, tile)
+    grids = torch.meshgrid(*[torch.arange(b, device=device) for b in blocks], indexing="ij")
+    tile_coords = torch.stack(grids, dim=-1).reshape(-1, len(shape))
+    return TileGeometry(
+        layout=layout,
+        tile=tile,
+        device=device,
+        token_index=token_index,
+        inverse=inverse,
+        tile_coords=tile_coords,
+        num_tiles=math.prod(blocks),
+        tile_tokens=math.prod(tile),
+    )

@@ -1,0 +1,32 @@
+"""Attention patterns: declarative descriptions of which keys each query sees.
+
+See ``Pattern`` for the protocol. Spec strings (``ndformer.pattern("window(8)")``)
+use the lower-case names in ``list_patterns()``.
+"""
+
+from .axis import AllRule, AxisRule, CausalRule, NeighborhoodRule, PartitionRule
+from .base import Pattern, Separable, list_patterns
+from .compose import HeadSplit, Intersection, Union
+from .local import Axial, Causal, Full, Neighborhood, Stripe, Window
+from .spec import pattern
+
+__all__ = [
+    "AllRule",
+    "Axial",
+    "AxisRule",
+    "Causal",
+    "CausalRule",
+    "Full",
+    "HeadSplit",
+    "Intersection",
+    "Neighborhood",
+    "NeighborhoodRule",
+    "PartitionRule",
+    "Pattern",
+    "Separable",
+    "Stripe",
+    "Union",
+    "Window",
+    "list_patterns",
+    "pattern",
+]

@@ -1,0 +1,131 @@
+"""The pattern protocol, the name registry used by spec strings, and ``Separable``.
+
+A pattern says which keys each query may attend to. Its *reference* is the
+bool mask returned by ``mask(layout, heads)``; fast paths in
+``ndformer.kernels`` must reproduce attention under that mask exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..layout import Grid
+from .axis import AxisRule
+
+if TYPE_CHECKING:
+    from ..kernels.geometry import TileGeometry
+
+#: name used in spec strings -> constructor (a class or a function returning a pattern)
+REGISTRY: dict[str, Callable[..., Pattern]] = {}
+
+
+def register(name: str) -> Callable[[Any], Any]:
+    """Class/function decorator adding a constructor to the spec-string registry."""
+
+    def add(factory: Any) -> Any:
+        REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def list_patterns() -> list[str]:
+    """Names usable in spec strings, sorted."""
+    return sorted(REGISTRY)
+
+
+def format_call(name: str, args: tuple = (), kwargs: dict | None = None) -> str:
+    """``name(arg, key=value)`` with Python literal syntax; bare ``name`` if no arguments."""
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (kwargs or {}).items()]
+    return f"{name}({', '.join(parts)})" if parts else name
+
+
+class Pattern:
+    """Base class of all attention patterns. Immutable, parameter-free, hashable.
+
+    Subclasses define the reference through ``mask_rows``; ``repr`` is a valid
+    spec string (``ndformer.pattern(repr(p)) == p``).
+    """
+
+    #: True if different heads may attend to different keys (e.g. ``HeadSplit``).
+    head_dependent: bool = False
+
+    # -- the reference -------------------------------------------------------
+    def check(self, layout: Grid) -> None:
+        """Raise ``ValueError`` if the pattern cannot be applied to ``layout``."""
+
+    def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        """Bool mask rows for the given query token indices: [1 or heads, len(queries), N]."""
+        raise NotImplementedError
+
+    def mask(self, layout: Grid, heads: int = 1) -> torch.Tensor:
+        """The definition: bool [1 or heads, N, N], True where query i may attend to key j.
+
+        Broadcastable to [heads, N, N]; usable as ``attn_mask`` of
+        ``torch.nn.functional.scaled_dot_product_attention``. Builds N x N: only for
+        tests, plots and small inputs.
+        """
+        self.check(layout)
+        return self.mask_rows(layout, torch.arange(layout.num_tokens), heads)
+
+    # -- tiled geometry for the generic block-sparse kernel ------------------
+    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
+        """Bool [num_tiles, num_tiles]: does query tile i have any allowed key in key tile j?
+
+        May over-approximate (a True with no allowed pair only costs time); must
+        never miss an allowed pair.
+        """
+        raise NotImplementedError
+
+    def tile_mask(
+        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
+    ) -> torch.Tensor:
+        """Exact mask between query tile ``q_tiles[m]`` and key tile ``k_tiles[m]``.
+
+        Returns bool [1 or heads, M, tile_tokens, tile_tokens]; padding keys are False.
+        """
+        raise NotImplementedError
+
+    # -- composition ---------------------------------------------------------
+    def __or__(self, other: Pattern) -> Pattern:
+        from .compose import Union
+
+        return Union(self, other)
+
+    def __and__(self, other: Pattern) -> Pattern:
+        from .compose import Intersection
+
+        return Intersection(self, other)
+
+
+@dataclass(frozen=True, repr=False)
+class Separable(Pattern):
+    """A pattern that is an AND over axes of one 1-D ``AxisRule`` per axis."""
+
+    def axis_rules(self, layout: Grid) -> tuple[AxisRule, ...]:
+        """One rule per axis of ``layout``; raises ``ValueError`` if they do not fit it."""
+        raise NotImplementedError
+
+    def check(self, layout: Grid) -> None:
+        self.axis_rules(layout)
+
+    def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        rules = self.axis_rules(layout)
+        coords = layout.coords
+        q = coords[queries]
+        allowed = torch.ones(len(queries), layout.num_tokens, dtype=torch.bool)
+        for axis, rule in enumerate(rules):
+            allowed &= rule.allowed(q[:, axis, None], coords[None, :, axis], layout.shape[axis])
+        return allowed.unsqueeze(0)
+
+    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
+        return geometry.block_any(self.axis_rules(geometry.layout))
+
+    def tile_mask(
+        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
+    ) -> torch.Tensor:
+        return geometry.tile_mask(self.axis_rules(geometry.layout), q_tiles, k_tiles).unsqueeze(0)

@@ -1,0 +1,174 @@
+"""Composition: ``a | b`` (Union), ``a & b`` (Intersection) and ``HeadSplit``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .._checks import check_int
+from ..layout import Grid
+from .base import Pattern, format_call, register
+
+if TYPE_CHECKING:
+    from ..kernels.geometry import TileGeometry
+
+
+def _check_parts(kind: str, parts: tuple, minimum: int) -> tuple[Pattern, ...]:
+    if len(parts) < minimum:
+        raise ValueError(f"{kind} needs at least {minimum} patterns, got {len(parts)}")
+    for i, p in enumerate(parts):
+        if not isinstance(p, Pattern):
+            raise ValueError(f"{kind} argument {i} must be a pattern, got {p!r}")
+    return tuple(parts)
+
+
+@dataclass(frozen=True, repr=False)
+class _Combination(Pattern):
+    """A pattern made of ``parts`` combined key by key with a bool operator."""
+
+    parts: tuple[Pattern, ...]
+
+    def __init__(self, *parts: Pattern) -> None:
+        flat: list[Pattern] = []
+        for p in _check_parts(type(self).__name__, parts, 2):
+            flat += p.parts if type(p) is type(self) else [p]
+        object.__setattr__(self, "parts", tuple(flat))
+
+    @property
+    def head_dependent(self) -> bool:  # type: ignore[override]
+        return any(p.head_dependent for p in self.parts)
+
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, layout: Grid) -> None:
+        for p in self.parts:
+            p.check(layout)
+
+    def _fold(self, masks: list[torch.Tensor]) -> torch.Tensor:
+        result = masks[0]
+        for m in masks[1:]:
+            result = self.combine(result, m)
+        return result
+
+    def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        return self._fold([p.mask_rows(layout, queries, heads) for p in self.parts])
+
+    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
+        return self._fold([p.block_any(geometry) for p in self.parts])
+
+    def tile_mask(
+        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
+    ) -> torch.Tensor:
+        return self._fold([p.tile_mask(geometry, q_tiles, k_tiles, heads) for p in self.parts])
+
+
+@register("union")
+@dataclass(frozen=True, repr=False, init=False)
+class Union(_Combination):
+    """Attend iff any part allows the pair (``a | b``): e.g. local window + axial."""
+
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a | b
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(p) for p in self.parts)
+
+
+@register("intersection")
+@dataclass(frozen=True, repr=False, init=False)
+class Intersection(_Combination):
+    """Attend iff every part allows the pair (``a & b``): e.g. causal neighborhood in time.
+
+    ``block_any`` is the AND of the parts' block maps, which can over-approximate;
+    the tile masks are exact.
+    """
+
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a & b
+
+    def __repr__(self) -> str:
+        return " & ".join(f"({p!r})" if isinstance(p, Union) else repr(p) for p in self.parts)
+
+
+@register("headsplit")
+@dataclass(frozen=True, repr=False)
+class HeadSplit(Pattern):
+    """Heads are divided into contiguous groups; group i uses ``patterns[i]``.
+
+    Without ``fractions`` the groups are equal (heads must divide evenly). With
+    ``fractions`` (positive, summing to 1) group i spans heads
+    ``[floor(heads * f_0..i-1), floor(heads * f_0..i))``, so the first group has
+    ``int(heads * f_0)`` heads and a group may be empty when there are few heads.
+    CSWin is ``HeadSplit(Stripe(0, w), Stripe(1, w))``.
+    """
+
+    patterns: tuple[Pattern, ...]
+    fractions: tuple[float, ...] | None = None
+    head_dependent = True
+
+    def __init__(self, *patterns: Pattern, fractions: tuple[float, ...] | None = None) -> None:
+        object.__setattr__(self, "patterns", _check_parts("HeadSplit", patterns, 1))
+        if fractions is not None:
+            fractions = tuple(fractions)
+            if len(fractions) != len(patterns):
+                raise ValueError(
+                    f"HeadSplit fractions has {len(fractions)} entries for {len(patterns)} patterns"
+                )
+            if any(isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in fractions):
+                raise ValueError(f"HeadSplit fractions must be positive numbers, got {fractions}")
+            if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+                raise ValueError(f"HeadSplit fractions must sum to 1, got {fractions}")
+        object.__setattr__(self, "fractions", fractions)
+
+    def head_groups(self, heads: int) -> list[tuple[int, int]]:
+        """[start, stop) of the heads of each pattern, for ``heads`` heads."""
+        check_int("heads", heads, minimum=1)
+        n = len(self.patterns)
+        if self.fractions is None:
+            if heads % n:
+                raise ValueError(
+                    f"HeadSplit with {n} patterns needs a number of heads divisible by {n},"
+                    f" got heads={heads} (or pass fractions=...)"
+                )
+            bounds = [i * heads // n for i in range(n + 1)]
+        else:
+            cumulative = [sum(self.fractions[:i]) for i in range(n + 1)]
+            bounds = [math.floor(heads * c + 1e-9) for c in cumulative[:-1]] + [heads]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def check(self, layout: Grid) -> None:
+        for p in self.patterns:
+            p.check(layout)
+
+    def _stack(self, heads: int, part_mask) -> torch.Tensor:
+        pieces = []
+        for pattern, (start, stop) in zip(self.patterns, self.head_groups(heads), strict=True):
+            if stop > start:
+                m = part_mask(pattern, stop - start)
+                pieces.append(m.expand(stop - start, *m.shape[1:]))
+        return torch.cat(pieces, dim=0)
+
+    def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        return self._stack(heads, lambda p, h: p.mask_rows(layout, queries, h))
+
+    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
+        result = self.patterns[0].block_any(geometry)
+        for p in self.patterns[1:]:
+            result = result | p.block_any(geometry)
+        return result
+
+    def tile_mask(
+        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
+    ) -> torch.Tensor:
+        return self._stack(heads, lambda p, h: p.tile_mask(geometry, q_tiles, k_tiles, h))
+
+    def __repr__(self) -> str:
+        kwargs = {"fractions": self.fractions} if self.fractions is not None else {}
+        return format_call("headsplit", self.patterns, kwargs)
