@@ -10,9 +10,27 @@ The public API:
 
 from . import patterns
 from .attend import attend
+from .layers import Attention, Block, DropPath, Mlp
 from .layout import Grid
 from .patterns import list_patterns, pattern
+from .position import RoPE
+from .tokens import PatchEmbed, patchify, unpatchify
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Grid", "__version__", "attend", "list_patterns", "pattern", "patterns"]
+__all__ = [
+    "Attention",
+    "Block",
+    "DropPath",
+    "Grid",
+    "Mlp",
+    "PatchEmbed",
+    "RoPE",
+    "__version__",
+    "attend",
+    "list_patterns",
+    "patchify",
+    "pattern",
+    "patterns",
+    "unpatchify",
+]

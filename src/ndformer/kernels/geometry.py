@@ -93,7 +93,7 @@ def _pad(values: torch.Tensor, size: int, fill: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=512)
-def axis_tiling(rule: AxisRule, length: int, tile: int | None, device: torch.device) -> AxisTiling:
+def axis_tiling(rule: AxisRule, length: int, tile: int, device: torch.device) -> AxisTiling:
     """Tile one axis for ``rule``: each query tile gets exactly the union of its keys."""
     full = relation(rule, length)
     groups = rule.query_groups(length, tile)
@@ -132,7 +132,7 @@ class LocalPlan:
 def local_plan(
     rules: tuple[AxisRule, ...],
     shape: tuple[int, ...],
-    tile: tuple[int | None, ...],
+    tile: tuple[int, ...],
     device: torch.device,
 ) -> LocalPlan:
     tilings = [

@@ -28,13 +28,13 @@ class AxisRule:
         """Bool tensor: may query coordinate ``q`` see key coordinate ``k``? (broadcasts)"""
         raise NotImplementedError
 
-    def query_groups(self, length: int, tile: int | None) -> list[torch.Tensor]:
-        """Partition of ``range(length)`` into query tiles (1-D LongTensors)."""
-        raise NotImplementedError
+    def query_groups(self, length: int, tile: int) -> list[torch.Tensor]:
+        """Partition of ``range(length)`` into query tiles (1-D LongTensors).
 
-    def default_tile(self) -> int | None:
-        """Query tile length used when the caller gives none (``None``: not tiled)."""
-        return None
+        ``tile`` is the preferred tile length; rules whose queries fall into
+        natural groups (windows, a whole axis) ignore it.
+        """
+        raise NotImplementedError
 
 
 def relation(rule: AxisRule, length: int) -> torch.Tensor:
@@ -59,7 +59,7 @@ class AllRule(AxisRule):
     def allowed(self, q: torch.Tensor, k: torch.Tensor, length: int) -> torch.Tensor:
         return torch.ones(torch.broadcast_shapes(q.shape, k.shape), dtype=torch.bool)
 
-    def query_groups(self, length: int, tile: int | None) -> list[torch.Tensor]:
+    def query_groups(self, length: int, tile: int) -> list[torch.Tensor]:
         return [torch.arange(length)]
 
 
@@ -78,7 +78,7 @@ class PartitionRule(AxisRule):
     def allowed(self, q: torch.Tensor, k: torch.Tensor, length: int) -> torch.Tensor:
         return self.window_id(q) == self.window_id(k)
 
-    def query_groups(self, length: int, tile: int | None) -> list[torch.Tensor]:
+    def query_groups(self, length: int, tile: int) -> list[torch.Tensor]:
         ids = self.window_id(torch.arange(length))
         order = torch.argsort(ids, stable=True)
         _, counts = torch.unique_consecutive(ids[order], return_counts=True)
@@ -105,15 +105,11 @@ class NeighborhoodRule(AxisRule):
         centre = torch.minimum(torch.clamp(jq, min=left), group_length - 1 - right)
         return same_group & (centre - left <= jk) & (jk <= centre + right)
 
-    def query_groups(self, length: int, tile: int | None) -> list[torch.Tensor]:
-        tile = tile or self.default_tile()
+    def query_groups(self, length: int, tile: int) -> list[torch.Tensor]:
         groups: list[torch.Tensor] = []
         for residue in range(min(self.dilation, length)):
             groups += _chunks(torch.arange(residue, length, self.dilation), tile)
         return groups
-
-    def default_tile(self) -> int:
-        return max(self.kernel, 4)
 
 
 @dataclass(frozen=True)
@@ -125,8 +121,5 @@ class CausalRule(AxisRule):
     def allowed(self, q: torch.Tensor, k: torch.Tensor, length: int) -> torch.Tensor:
         return k <= q
 
-    def query_groups(self, length: int, tile: int | None) -> list[torch.Tensor]:
-        return _chunks(torch.arange(length), tile or self.default_tile())
-
-    def default_tile(self) -> int:
-        return 16
+    def query_groups(self, length: int, tile: int) -> list[torch.Tensor]:
+        return _chunks(torch.arange(length), tile)

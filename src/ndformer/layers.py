@@ -1,0 +1,126 @@
+"""Transformer layers over channels-last N-D tokens [B, *grid, dim]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_int
+from .attend import Backend, attend
+from .layout import Grid
+from .patterns import Pattern, pattern as parse_pattern
+from .position import RoPE
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention restricted to ``pattern``, with N-D RoPE.
+
+    Input and output: [B, *grid, dim] (channels last, any number of grid axes).
+    The grid is the token layout: queries and keys are rotated by their grid
+    coordinates (``rope=True``) and attend through ``ndformer.attend``.
+    ``pattern`` takes a ``Pattern`` or a spec string. ``ndim`` is optional; given,
+    the RoPE split of ``head_dim`` is validated at construction instead of at the
+    first call.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        pattern: Pattern | str = "full",
+        rope: bool = True,
+        qkv_bias: bool = True,
+        *,
+        ndim: int | None = None,
+        rope_base: float = 10000.0,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        check_int("Attention dim", dim, minimum=1)
+        check_int("Attention heads", heads, minimum=1)
+        if dim % heads:
+            raise ValueError(f"Attention dim={dim} must be divisible by heads={heads}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.pattern = parse_pattern(pattern)
+        self.rope, self.rope_base, self.backend = rope, rope_base, backend
+        if rope and ndim is not None:
+            RoPE(self.head_dim, ndim, rope_base)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"Attention expects [B, *grid, dim={self.dim}], got {tuple(x.shape)}")
+        batch, grid = x.shape[0], Grid(tuple(x.shape[1:-1]))
+        qkv = self.qkv(x.reshape(batch, -1, self.dim))
+        q, k, v = qkv.view(batch, -1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            rope = RoPE(self.head_dim, grid.ndim, self.rope_base)
+            positions = grid.coords_on(x.device)
+            q, k = rope(q, positions), rope(k, positions)
+        out = attend(q, k, v, self.pattern, grid, backend=self.backend)
+        return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear on the last axis."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
+        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+    Input and output: [B, *grid, dim].
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        pattern: Pattern | str = "full",
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        rope: bool = True,
+        qkv_bias: bool = True,
+        **attention_options,
+    ) -> None:
+        super().__init__()
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, pattern, rope=rope, qkv_bias=qkv_bias, **attention_options)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

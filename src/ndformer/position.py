@@ -1,0 +1,64 @@
+"""Position codes: axial N-D rotary embedding (RoPE)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_int
+
+
+class RoPE(nn.Module):
+    """Axial N-D rotary position embedding.
+
+    ``head_dim`` is split evenly across the ``ndim`` axes; on each axis, channel
+    pairs ``(i, i + d/2)`` of that axis' ``d = head_dim // ndim`` channels rotate by
+    ``position[axis] * base ** (-2i / d)``. After rotating queries and keys with
+    their own positions, ``q . k`` depends only on the offset between the two
+    positions on every axis. Positions may be integers or floats (e.g. scaled
+    coordinates); the module has no parameters.
+
+    Called as ``rope(x, positions)`` with ``x [..., N, head_dim]`` and
+    ``positions [N, ndim]``; returns a tensor shaped like ``x``.
+    """
+
+    def __init__(self, head_dim: int, ndim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        check_int("RoPE head_dim", head_dim, minimum=1)
+        check_int("RoPE ndim", ndim, minimum=1)
+        if head_dim % (2 * ndim):
+            raise ValueError(
+                f"RoPE head_dim={head_dim} cannot be split across ndim={ndim} axes in rotation"
+                f" pairs: head_dim must be divisible by 2 * ndim = {2 * ndim}"
+            )
+        if not base > 1:
+            raise ValueError(f"RoPE base must be > 1, got {base}")
+        self.head_dim, self.ndim, self.base = head_dim, ndim, float(base)
+
+    def frequencies(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Angular frequencies of one axis, [head_dim // ndim // 2]."""
+        per_axis = self.head_dim // self.ndim
+        exponents = torch.arange(0, per_axis, 2, device=device, dtype=dtype) / per_axis
+        return self.base ** (-exponents)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"RoPE expects x [..., N, head_dim={self.head_dim}], got x {tuple(x.shape)}"
+            )
+        if positions.dim() != 2 or positions.shape != (x.shape[-2], self.ndim):
+            raise ValueError(
+                f"RoPE positions must be [N, ndim] = [{x.shape[-2]}, {self.ndim}] for x"
+                f" {tuple(x.shape)}; got positions {tuple(positions.shape)}"
+            )
+        compute = torch.promote_types(x.dtype, torch.float32)
+        angles = positions.to(compute)[:, :, None] * self.frequencies(x.device, compute)
+        cos, sin = angles.cos(), angles.sin()  # [N, ndim, per_axis / 2]
+        half = self.head_dim // self.ndim // 2
+        pairs = x.to(compute).unflatten(-1, (self.ndim, 2, half))
+        first, second = pairs[..., 0, :], pairs[..., 1, :]
+        rotated = torch.stack((first * cos - second * sin, first * sin + second * cos), dim=-2)
+        return rotated.flatten(-3).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, ndim={self.ndim}, base={self.base:g}"
