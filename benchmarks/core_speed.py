@@ -82,8 +82,10 @@ def speed(repeats: int) -> None:
         "neighborhood(7): ndformer.attend": lambda: attend(q, k, v, neighborhood, grid),
     }
     ms = time_cases(cases, repeats)
-    print(f"\n2-D {side}x{side}, heads {heads}, head_dim {head_dim}, float32, forward;"
-          f" median of {repeats} runs, one process")
+    print(
+        f"\n2-D {side}x{side}, heads {heads}, head_dim {head_dim}, float32, forward;"
+        f" median of {repeats} runs, one process"
+    )
     width = max(map(len, ms))
     for name, value in ms.items():
         print(f"  {name:<{width}}  {value:9.2f} ms")
@@ -92,9 +94,13 @@ def speed(repeats: int) -> None:
     w_hand = ms["window(8): reshape to windows + SDPA"]
     n_dense = ms["neighborhood(7): dense masked SDPA"]
     n_fast = ms["neighborhood(7): ndformer.attend"]
-    print(f"  window(8): {w_dense / w_fast:.1f}x faster than dense masked SDPA (target >= 20x),"
-          f" {w_fast / w_hand:.2f}x the hand-written path (target <= 1.25x)")
-    print(f"  neighborhood(7): {n_dense / n_fast:.1f}x faster than dense masked SDPA (target >= 5x)")
+    print(
+        f"  window(8): {w_dense / w_fast:.1f}x faster than dense masked SDPA (target >= 20x),"
+        f" {w_fast / w_hand:.2f}x the hand-written path (target <= 1.25x)"
+    )
+    print(
+        f"  neighborhood(7): {n_dense / n_fast:.1f}x faster than dense masked SDPA (target >= 5x)"
+    )
 
 
 def _proc_status_kib(field: str) -> int | None:
@@ -142,21 +148,27 @@ def memory() -> None:
     growth = json.loads(child.stdout.strip().splitlines()[-1])["peak_growth_bytes"]
     n = 32**3
     print("\n3-D 32x32x32, neighborhood(5), heads 2, head_dim 16, float32, forward + backward")
-    print(f"  peak memory growth: {growth / 2**20:.0f} MiB (target < 1024 MiB;"
-          f" the dense bool mask alone would be {n * n / 2**30:.0f} GiB,"
-          f" its float32 scores {4 * n * n * 2 / 2**30:.0f} GiB for 2 heads)")
+    print(
+        f"  peak memory growth: {growth / 2**20:.0f} MiB (target < 1024 MiB;"
+        f" the dense bool mask alone would be {n * n / 2**30:.0f} GiB,"
+        f" its float32 scores {4 * n * n * 2 / 2**30:.0f} GiB for 2 heads)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--memory-case", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case:
         memory_case()
         return
-    print(f"ndformer {ndformer.__version__}, torch {torch.__version__}, {platform.machine()},"
-          f" {torch.get_num_threads()} threads")
+    print(
+        f"ndformer {ndformer.__version__}, torch {torch.__version__}, {platform.machine()},"
+        f" {torch.get_num_threads()} threads"
+    )
     memory()  # first: a child's ru_maxrss fallback would inherit this process' peak
     speed(args.repeats)
 

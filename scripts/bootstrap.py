@@ -72,7 +72,9 @@ def install_torch(python: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--dev", action="store_true", help="also install test and lint tools")
     parser.add_argument(
         "--venv", default=str(ROOT / ".venv"), help="virtual environment directory (default: .venv)"

@@ -50,5 +50,7 @@ def per_axis(name: str, value: int | bool | tuple, ndim: int) -> tuple:
 def check_axis(name: str, axis: int, ndim: int) -> int:
     """Normalise a possibly negative axis index against ``ndim`` axes."""
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}={axis} is outside a layout with {ndim} axes (valid: 0..{ndim - 1})")
+        raise ValueError(
+            f"{name}={axis} is outside a layout with {ndim} axes (valid: 0..{ndim - 1})"
+        )
     return axis % ndim

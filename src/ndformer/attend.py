@@ -17,7 +17,8 @@ from .kernels import (
     tiled_attention,
 )
 from .layout import Grid, as_layout
-from .patterns import HeadSplit, Pattern, Separable, pattern as parse_pattern
+from .patterns import HeadSplit, Pattern, Separable
+from .patterns import pattern as parse_pattern
 from .patterns.axis import AllRule
 
 Backend = Literal["auto", "reference", "tiled", "blocksparse"]
@@ -40,14 +41,17 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
     n = layout.num_tokens
     if not (q.shape[2] == k.shape[2] == v.shape[2] == n):
         raise ValueError(
-            f"q, k and v must have N = {n} tokens (the layout {layout.shape} flattened); got {shapes}"
+            f"q, k and v must have N = {n} tokens (the layout {layout.shape} flattened);"
+            f" got {shapes}"
         )
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"q and k must have the same head_dim; got {shapes}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must have one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+        raise ValueError(
+            f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}"
+        )
 
 
 def _tile(tile: int | tuple[int, ...] | None, layout: Grid) -> tuple[int, ...]:
@@ -105,8 +109,9 @@ def attend(
             if stop > start:
                 heads = slice(start, stop)
                 outputs.append(
-                    attend(q[:, heads], k[:, heads], v[:, heads], part, layout, scale=scale,
-                           tile=tile)
+                    attend(
+                        q[:, heads], k[:, heads], v[:, heads], part, layout, scale=scale, tile=tile
+                    )
                 )
         return torch.cat(outputs, dim=1)
     if isinstance(pattern, Separable) and backend in ("auto", "tiled"):

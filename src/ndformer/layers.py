@@ -8,7 +8,8 @@ from torch import nn
 from ._checks import check_int
 from .attend import Backend, attend
 from .layout import Grid
-from .patterns import Pattern, pattern as parse_pattern
+from .patterns import Pattern
+from .patterns import pattern as parse_pattern
 from .position import RoPE
 
 
@@ -116,7 +117,9 @@ class Block(nn.Module):
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, pattern, rope=rope, qkv_bias=qkv_bias, **attention_options)
+        self.attn = Attention(
+            dim, heads, pattern, rope=rope, qkv_bias=qkv_bias, **attention_options
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)

@@ -32,7 +32,9 @@ class Grid:
         try:
             shape = tuple(shape)
         except TypeError:
-            raise ValueError(f"Grid shape must be an int or a tuple of ints, got {shape!r}") from None
+            raise ValueError(
+                f"Grid shape must be an int or a tuple of ints, got {shape!r}"
+            ) from None
         if len(shape) == 0:
             raise ValueError("Grid shape must have at least one axis, got ()")
         for axis, size in enumerate(shape):

@@ -23,7 +23,9 @@ def patchify(x: torch.Tensor, patch: IntOrTuple) -> torch.Tensor:
     then patch offsets row-major: the same order as a strided convolution's weight.
     """
     if x.dim() < 3:
-        raise ValueError(f"patchify expects [B, C, *spatial] with >= 1 spatial axis, got {tuple(x.shape)}")
+        raise ValueError(
+            f"patchify expects [B, C, *spatial] with >= 1 spatial axis, got {tuple(x.shape)}"
+        )
     ndim = x.dim() - 2
     patch = _patch(patch, ndim)
     spatial = x.shape[2:]
@@ -62,7 +64,9 @@ def unpatchify(
     if size is not None:
         size = tuple(size)
         if len(size) != ndim or any(s > g * p for s, g, p in zip(size, grid, patch, strict=True)):
-            raise ValueError(f"unpatchify: size {size} does not fit the padded size {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"unpatchify: size {size} does not fit the padded size {tuple(x.shape[2:])}"
+            )
         x = x[(slice(None), slice(None), *[slice(0, s) for s in size])]
     return x
 

@@ -40,7 +40,7 @@ class BlockSparsePlan:
         return self.key_tiles.shape[1]
 
     def step_mask(self, start: int, stop: int) -> torch.Tensor:
-        """Mask of slots [start, stop): [1 or heads, tiles, tile_tokens, (stop-start) * tile_tokens]."""
+        """Mask of slots [start, stop): [1 or heads, tiles, T, (stop - start) * T]."""
         key_tiles = self.key_tiles[:, start:stop]
         tiles, count = key_tiles.shape
         query_tiles = torch.arange(tiles, device=key_tiles.device)[:, None].expand(tiles, count)
@@ -82,13 +82,13 @@ def _steps(plan: BlockSparsePlan):
 
 def _gather(x: torch.Tensor, key_tiles: torch.Tensor) -> torch.Tensor:
     """x [B, h, tiles, T, E] at key_tiles [tiles, c] -> [B, h, tiles, c*T, E]."""
-    b, h, tiles, t, e = x.shape
+    b, h, tiles, _, e = x.shape
     return x[:, :, key_tiles].reshape(b, h, tiles, -1, e)
 
 
 def _scatter_add(target: torch.Tensor, key_tiles: torch.Tensor, values: torch.Tensor) -> None:
     """target [B, h, tiles, T, E] += values [B, h, tiles, c*T, E] at key_tiles [tiles, c]."""
-    b, h, tiles, t, e = target.shape
+    b, h, _, t, e = target.shape
     target.index_add_(2, key_tiles.flatten(), values.reshape(b, h, -1, t, e))
 
 

@@ -53,7 +53,9 @@ def flat_index(per_axis: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.
 
 
 def tiled_row_index(
-    rows_per_axis: Sequence[torch.Tensor], tiles_per_axis: Sequence[int], slots_per_axis: Sequence[int]
+    rows_per_axis: Sequence[torch.Tensor],
+    tiles_per_axis: Sequence[int],
+    slots_per_axis: Sequence[int],
 ) -> torch.Tensor:
     """Each token's row in tile order [N-D tile (row-major), N-D slot within tile (row-major)].
 
@@ -135,9 +137,7 @@ def local_plan(
     tile: tuple[int, ...],
     device: torch.device,
 ) -> LocalPlan:
-    tilings = [
-        axis_tiling(r, n, t, device) for r, n, t in zip(rules, shape, tile, strict=True)
-    ]
+    tilings = [axis_tiling(r, n, t, device) for r, n, t in zip(rules, shape, tile, strict=True)]
     tiles_per_axis = [a.queries.shape[0] for a in tilings]
     t_per_axis = [a.queries.shape[1] for a in tilings]
     query_index = flat_index([a.queries for a in tilings], shape).flatten()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -121,7 +122,9 @@ class HeadSplit(Pattern):
                 raise ValueError(
                     f"HeadSplit fractions has {len(fractions)} entries for {len(patterns)} patterns"
                 )
-            if any(isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in fractions):
+            if any(
+                isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in fractions
+            ):
                 raise ValueError(f"HeadSplit fractions must be positive numbers, got {fractions}")
             if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
                 raise ValueError(f"HeadSplit fractions must sum to 1, got {fractions}")
@@ -141,7 +144,7 @@ class HeadSplit(Pattern):
         else:
             cumulative = [sum(self.fractions[:i]) for i in range(n + 1)]
             bounds = [math.floor(heads * c + 1e-9) for c in cumulative[:-1]] + [heads]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+        return list(itertools.pairwise(bounds))
 
     def check(self, layout: Grid) -> None:
         for p in self.patterns:

@@ -1,0 +1,136 @@
+"""attend() equals dense masked SDPA (values and gradients, float64) for every pattern and path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ndformer import Grid, attend
+from ndformer.patterns import (
+    Causal,
+    Full,
+    HeadSplit,
+    Neighborhood,
+    Separable,
+    Stripe,
+    Window,
+)
+from strategies import any_pattern, shapes
+
+BACKENDS = ("auto", "tiled", "blocksparse", "reference")
+
+
+def applicable(pattern, grid, backend):
+    if backend != "tiled":
+        return True
+    return isinstance(pattern, Separable) and all(r.local for r in pattern.axis_rules(grid))
+
+
+def inputs(grid, batch, heads, head_dim, value_dim, seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = grid.num_tokens
+
+    def make(d):
+        return torch.randn(batch, heads, n, d, generator=gen, dtype=torch.float64).requires_grad_()
+
+    return make(head_dim), make(head_dim), make(value_dim), gen
+
+
+def check_against_dense(pattern, shape, heads, backend, tile=None, batch=1, scale=None, seed=0):
+    grid = Grid(shape)
+    q, k, v, gen = inputs(grid, batch, heads, 4, 3, seed)
+    upstream = torch.randn(batch, heads, grid.num_tokens, 3, generator=gen, dtype=torch.float64)
+
+    expected = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=pattern.mask(grid, heads), scale=scale
+    )
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (q, k, v))
+    out = attend(q, k, v, pattern, grid, backend=backend, tile=tile, scale=scale)
+    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
+
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    for name, got, want in zip("qkv", grads, expected_grads):
+        torch.testing.assert_close(
+            got, want, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"d{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_attend_matches_dense_masked_sdpa(backend, data):
+    shape = data.draw(shapes(), label="shape")
+    heads = data.draw(st.integers(1, 4), label="heads")
+    _, pattern = data.draw(any_pattern(shape, heads), label="pattern")
+    if not applicable(pattern, Grid(shape), backend):
+        with pytest.raises(ValueError, match="tiled"):
+            check_against_dense(pattern, shape, heads, backend)
+        return
+    tile = data.draw(st.none() | st.integers(1, 5) | st.tuples(*[st.integers(1, 6) for _ in shape]))
+    batch = data.draw(st.integers(1, 2), label="batch")
+    scale = data.draw(st.none() | st.floats(0.1, 2.0), label="scale")
+    check_against_dense(pattern, shape, heads, backend, tile=tile, batch=batch, scale=scale)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape"),
+    [
+        (Window(8), (64,)),  # long 1-D sequence: many tiles
+        (Window((4, 3), shift=(2, 1)), (13, 10)),
+        (Window(3, dilation=4), (12, 12)),  # MaxViT grid: dilation = L // size
+        (Neighborhood(7), (20, 21)),
+        (Neighborhood((3, 5, 3), dilation=(2, 1, 1)), (9, 10, 7)),
+        (Neighborhood(3, causal=(True, False, False)), (6, 8, 7)),
+        (Stripe(1, 5), (9, 12)),
+        (Causal(0), (7, 6, 5)),
+        (Window(4) | Stripe(0, 3), (10, 11)),
+        (Neighborhood(5) & Causal(1), (9, 9)),
+        (HeadSplit(Stripe(0, 3), Stripe(1, 3)), (12, 12)),
+        (Neighborhood(2), (5, 4, 3, 4)),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("backend", ["auto", "blocksparse"])
+def test_attend_matches_dense_on_larger_grids(pattern, shape, backend):
+    check_against_dense(pattern, shape, heads=4, backend=backend, batch=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pattern", [Window(4, shift=2), Neighborhood(5), Causal(1)], ids=repr)
+def test_low_precision_dtypes_stay_close_to_dense(pattern, dtype):
+    grid = Grid((12, 10))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, grid.num_tokens, 8, generator=gen).to(dtype) for _ in range(3))
+    expected = F.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=pattern.mask(grid)
+    )
+    out = attend(q, k, v, pattern, grid)
+    assert out.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_full_pattern_is_plain_sdpa():
+    grid = Grid((5, 7))
+    q, k, v = (torch.randn(1, 2, 35, 8) for _ in range(3))
+    torch.testing.assert_close(
+        attend(q, k, v, Full(), grid), F.scaled_dot_product_attention(q, k, v)
+    )
+
+
+def test_spec_strings_and_shape_tuples_are_accepted():
+    q, k, v = (torch.randn(1, 2, 24, 8, dtype=torch.float64) for _ in range(3))
+    a = attend(q, k, v, "window(2, shift=1)", (4, 6))
+    b = attend(q, k, v, Window(2, shift=1), Grid((4, 6)))
+    torch.testing.assert_close(a, b)
+
+
+def test_value_head_dim_may_differ_from_query_head_dim():
+    grid = Grid((6, 6))
+    q, k = (torch.randn(1, 2, 36, 8, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 2, 36, 5, dtype=torch.float64)
+    for backend in ("auto", "blocksparse"):
+        out = attend(q, k, v, Neighborhood(3), grid, backend=backend)
+        assert out.shape == (1, 2, 36, 5)
