@@ -137,3 +137,14 @@ def test_patterns_are_hashable_and_compare_by_value():
     assert len({Window(8), Window(8), Axial(0), Stripe(0, 1)}) == 2
     assert (Window(2) | Axial(0)) == (Window(2) | Axial(0))
     assert (Window(2) | Axial(0) | Causal()).parts == (Window(2), Axial(0), Causal())
+
+
+@given(data=st.data())
+def test_key_counts_equal_mask_row_sums(data):
+    shape = data.draw(shapes())
+    heads = data.draw(st.integers(1, 4))
+    _, pattern = data.draw(any_pattern(shape, heads))
+    grid = Grid(shape)
+    counts = pattern.key_counts(grid, heads=heads, rows_per_step=7)
+    expected = pattern.mask(grid, heads=heads).sum(-1)
+    assert torch.equal(counts.expand_as(expected), expected)

@@ -7,6 +7,7 @@ bool mask returned by ``mask(layout, heads)``; fast paths in
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..layout import Grid
-from .axis import AxisRule
+from .axis import AxisRule, relation
 
 if TYPE_CHECKING:
     from ..kernels.geometry import TileGeometry
@@ -72,6 +73,18 @@ class Pattern:
         self.check(layout)
         return self.mask_rows(layout, torch.arange(layout.num_tokens), heads)
 
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        """Number of keys each query attends to: LongTensor [1 or heads, N].
+
+        Exact; memory O(rows_per_step * N) here, O(N) for separable patterns.
+        """
+        self.check(layout)
+        steps = [
+            self.mask_rows(layout, rows, heads).sum(-1)
+            for rows in torch.arange(layout.num_tokens).split(rows_per_step)
+        ]
+        return torch.cat(steps, dim=-1)
+
     # -- tiled geometry for the generic block-sparse kernel ------------------
     def block_any(self, geometry: TileGeometry) -> torch.Tensor:
         """Bool [num_tiles, num_tiles]: does query tile i have any allowed key in key tile j?
@@ -121,6 +134,14 @@ class Separable(Pattern):
         for axis, rule in enumerate(rules):
             allowed &= rule.allowed(q[:, axis, None], coords[None, :, axis], layout.shape[axis])
         return allowed.unsqueeze(0)
+
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        # Separable: a query's key count is the product of its per-axis counts.
+        from ..kernels.geometry import axis_outer
+
+        rules = self.axis_rules(layout)
+        counts = [relation(r, n).sum(-1) for r, n in zip(rules, layout.shape, strict=True)]
+        return axis_outer(counts, operator.mul).unsqueeze(0)
 
     def block_any(self, geometry: TileGeometry) -> torch.Tensor:
         return geometry.block_any(self.axis_rules(geometry.layout))

@@ -18,8 +18,17 @@ import inspect
 from .base import REGISTRY, Pattern, list_patterns
 
 
-def _signature(name: str) -> str:
-    return f"{name}{inspect.signature(REGISTRY[name])}".replace("'", "")
+def signature(name: str) -> str:
+    """``window(size, shift=0, dilation=1)``: how to call a registered pattern."""
+    params = []
+    for p in inspect.signature(REGISTRY[name]).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+        elif p.default is p.empty:
+            params.append(p.name)
+        else:
+            params.append(f"{p.name}={p.default!r}")
+    return f"{name}({', '.join(params)})"
 
 
 def _error(text: str, problem: str) -> ValueError:
@@ -70,7 +79,7 @@ def _build(name: str, args: tuple, kwargs: dict, text: str) -> Pattern:
     try:
         inspect.signature(factory).bind(*args, **kwargs)
     except TypeError as err:
-        raise _error(text, f"bad arguments for {key}: {err}; expected {_signature(key)}") from None
+        raise _error(text, f"bad arguments for {key}: {err}; expected {signature(key)}") from None
     try:
         result = factory(*args, **kwargs)
     except ValueError as err:
