@@ -74,6 +74,16 @@ def speed(repeats: int) -> None:
     def dense(mask):
         return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
+    # Every case computes the same attention (up to float32 rounding): check before timing.
+    with torch.inference_mode():
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask)
+        for got in (windows_by_hand(q, k, v, side, 8), attend(q, k, v, window, grid)):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=neighborhood_mask)
+        torch.testing.assert_close(
+            attend(q, k, v, neighborhood, grid), expected, rtol=1e-4, atol=1e-5
+        )
+
     cases = {
         "window(8): dense masked SDPA": dense(window_mask),
         "window(8): reshape to windows + SDPA": lambda: windows_by_hand(q, k, v, side, 8),

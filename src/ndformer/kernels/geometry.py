@@ -130,7 +130,7 @@ class LocalPlan:
     halo_tokens: int
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=16)  # a plan's mask is O(N * halo) booleans: keep few
 def local_plan(
     rules: tuple[AxisRule, ...],
     shape: tuple[int, ...],
