@@ -134,3 +134,43 @@ def test_value_head_dim_may_differ_from_query_head_dim():
     for backend in ("auto", "blocksparse"):
         out = attend(q, k, v, Neighborhood(3), grid, backend=backend)
         assert out.shape == (1, 2, 36, 5)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape", "tile"),
+    [
+        (Window(4, shift=2), (9, 10), None),
+        (Neighborhood(3, dilation=2), (9, 7), 3),
+        (Stripe(0, 3), (5, 7, 4), None),
+    ],
+    ids=repr,
+)
+def test_tiled_path_with_merged_padded_tiles(monkeypatch, pattern, shape, tile):
+    # Normally tiles of different sizes run as separate parts; past MAX_PARTS they are
+    # merged into one padded part. Force the merged path and check it too.
+    from ndformer.kernels import tiling
+
+    monkeypatch.setattr(tiling, "MAX_PARTS", 1)
+    tiling.local_plan.cache_clear()
+    try:
+        check_against_dense(pattern, shape, heads=2, backend="tiled", tile=tile, batch=2)
+        plan = tiling.local_plan(
+            pattern.axis_rules(Grid(shape)), shape, (tile or 2,) * len(shape), torch.device("cpu")
+        )
+        assert len(plan.parts) == 1
+    finally:
+        tiling.local_plan.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "pattern", [Window(3, shift=1), Neighborhood(3), Causal(0), Window(2) | Stripe(0, 2)], ids=repr
+)
+def test_plans_built_in_inference_mode_still_train(pattern):
+    # The first call (which builds and caches the plan) happens at inference time;
+    # a later training call must still be able to save the plan's tensors for backward.
+    grid = Grid((7, 11, 3))
+    q, k, v = (torch.randn(1, 2, grid.num_tokens, 4, requires_grad=True) for _ in range(3))
+    with torch.inference_mode():
+        attend(q, k, v, pattern, grid)
+    attend(q, k, v, pattern, grid).sum().backward()
+    assert q.grad is not None

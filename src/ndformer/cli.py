@@ -25,6 +25,16 @@ Examples:
   ndformer show "headsplit(stripe(0, 4), stripe(1, 4))" --shape 24x24 --query 3,20 --head 1
 """
 
+EXAMPLES_BENCH = """
+Examples:
+
+  ndformer bench --quick
+
+  ndformer bench --patterns "window(8)" "neighborhood(7)" --shapes 128x128 32x32x32 --backward
+
+  ndformer bench --sweep --patterns "neighborhood(3)" "window(8)" --heads 2 --head-dim 16
+"""
+
 
 def _fail(console, message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -82,6 +92,70 @@ def build_app():
             fig.savefig(out, dpi=120, bbox_inches="tight")
             console.print(f"wrote {out}")
 
+    @app.command(epilog=EXAMPLES_BENCH)
+    def bench(
+        patterns: Annotated[
+            list[str] | None,
+            typer.Option(help="Pattern specs (several after one flag). Default: a standard set."),
+        ] = None,
+        shapes: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Grid shapes, e.g. 64x64 16x16x16. Default: 64x64 128x128 16^3 32^3"
+                " (24^3 with --quick)."
+            ),
+        ] = None,
+        heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+        head_dim: Annotated[int, typer.Option(help="Channels per head.")] = 32,
+        batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+        dtype: Annotated[
+            str, typer.Option(help="float32, float64, bfloat16 or float16.")
+        ] = "float32",
+        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+        backward: Annotated[bool, typer.Option(help="Time forward + backward.")] = False,
+        quick: Annotated[
+            bool, typer.Option(help="Fewer repeats: a few minutes on 2 cores.")
+        ] = False,
+        sweep: Annotated[
+            bool, typer.Option(help="Growing 1-D, 2-D and 3-D sizes; fit time ~ tokens^alpha.")
+        ] = False,
+        max_memory: Annotated[
+            float, typer.Option(help="Skip dense masked SDPA above this many GiB.")
+        ] = 4.0,
+        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-results"),
+    ) -> None:
+        """Measure time, peak memory, exact FLOPs and efficiency of attention patterns.
+
+        Every case runs alone in a fresh worker process. Writes results.csv, report.md,
+        time_vs_tokens.png and efficiency.png into --out. Ctrl-C writes what finished.
+        """
+        from .bench.cli import run_bench_command
+        from .bench.runner import BenchConfig
+        from .viz import parse_shape
+
+        try:
+            config = BenchConfig(heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
+                                 device=device, backward=backward, quick=quick, sweep=sweep,
+                                 max_memory_gib=max_memory)  # fmt: skip
+            if patterns:
+                config.patterns = [parse_pattern_spec(p) for p in patterns]
+            if shapes:
+                config.shapes = [parse_shape(s) for s in shapes]
+        except ValueError as err:
+            _fail(console, str(err))
+        run_bench_command(config, out, console)
+
+    @app.command()
+    def info(
+        device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    ) -> None:
+        """Versions, device, threads and the measured float32 matmul peak."""
+        from .bench.measure import matmul_peak
+        from .bench.report import machine_info
+
+        for key, value in machine_info(device, matmul_peak(device)).items():
+            console.print(f"{key:>20}: {value}")
+
     @app.command("patterns")
     def list_patterns_command() -> None:
         """List pattern names usable in spec strings, with their arguments."""
@@ -93,11 +167,39 @@ def build_app():
     return app
 
 
-def main() -> None:
+def parse_pattern_spec(spec: str) -> str:
+    """Validate a spec (ValueError naming the problem) and return it unchanged."""
+    from .patterns import pattern
+
+    pattern(spec)
+    return spec
+
+
+#: Options that take several values after one flag (``--shapes 64x64 32x32x32``).
+MULTI_VALUE_OPTIONS = ("--patterns", "--shapes")
+
+
+def expand_multi_value_options(args: list[str]) -> list[str]:
+    """``--shapes A B`` -> ``--shapes A --shapes B`` (click options take one value each)."""
+    expanded: list[str] = []
+    current = None
+    for arg in args:
+        if arg.startswith("-"):
+            current = arg if arg in MULTI_VALUE_OPTIONS else None
+            expanded.append(arg)
+        elif current is not None and expanded[-1] != current:
+            expanded += [current, arg]
+        else:
+            expanded.append(arg)
+    return expanded
+
+
+def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ndformer`` console script."""
     if typer is None:
         sys.exit("ndformer's command line needs its extra: pip install 'ndformer[all]'")
-    build_app()()
+    args = sys.argv[1:] if args is None else args
+    build_app()(args=expand_multi_value_options(args), prog_name="ndformer")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
+from ._cache import plan_cache
 from ._checks import check_int
 
 
@@ -64,7 +64,7 @@ class Grid:
         return f"Grid({self.shape})"
 
 
-@lru_cache(maxsize=64)
+@plan_cache(64)
 def grid_coords(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     axes = [torch.arange(size, device=device) for size in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))

@@ -1,9 +1,10 @@
 """Fast paths (pure functions) and the reference they must equal."""
 
 from .blocksparse import block_sparse_attention, block_sparse_plan
-from .geometry import local_plan, tile_geometry
+from .geometry import tile_geometry
 from .local import tiled_attention
 from .reference import reference_attention
+from .tiling import local_plan
 
 __all__ = [
     "block_sparse_attention",

@@ -12,10 +12,10 @@ anything larger than the current chunk of scores, [B, heads, N, chunk keys].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
+from .._cache import plan_cache
 from ..layout import Grid
 from ..patterns import Pattern
 from .geometry import TileGeometry, tile_geometry
@@ -53,7 +53,7 @@ class BlockSparsePlan:
         return mask.view(groups, tiles, count, t, t).transpose(2, 3).reshape(groups, tiles, t, -1)
 
 
-@lru_cache(maxsize=64)
+@plan_cache(64)
 def block_sparse_plan(
     pattern: Pattern, layout: Grid, tile: tuple[int, ...], heads: int, device: torch.device
 ) -> BlockSparsePlan:

@@ -11,12 +11,12 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
+from .._cache import plan_cache
 from ..layout import Grid
-from ..patterns.axis import AxisRule, relation
+from ..patterns.axis import AxisRule
 
 
 def axis_outer(
@@ -72,93 +72,9 @@ def tiled_row_index(
 
 
 # ---------------------------------------------------------------------------
-# Query-tile / key-halo tiling for the tiled-SDPA kernel
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AxisTiling:
-    """One axis cut into ``num_tiles`` query tiles of ``T`` slots, each with ``H`` key slots.
-
-    ``queries [num_tiles, T]`` and ``keys [num_tiles, H]`` are coordinates on the
-    axis (padding slots repeat a real coordinate); ``allowed [num_tiles, T, H]`` is
-    the rule restricted to the tile, False at padding keys; ``inverse [L]`` is the
-    slot ``tile * T + t`` where each coordinate's own query row lives.
-    """
-
-    queries: torch.Tensor
-    keys: torch.Tensor
-    allowed: torch.Tensor
-    inverse: torch.Tensor
-
-
-def _pad(values: torch.Tensor, size: int, fill: int) -> torch.Tensor:
-    return torch.cat([values, values.new_full((size - len(values),), fill)])
-
-
-@lru_cache(maxsize=512)
-def axis_tiling(rule: AxisRule, length: int, tile: int, device: torch.device) -> AxisTiling:
-    """Tile one axis for ``rule``: each query tile gets exactly the union of its keys."""
-    full = relation(rule, length)
-    groups = rule.query_groups(length, tile)
-    key_sets = [torch.nonzero(full[g].any(0)).flatten() for g in groups]
-    t = max(len(g) for g in groups)
-    h = max(len(k) for k in key_sets)
-    queries = torch.stack([_pad(g, t, int(g[-1])) for g in groups])
-    keys = torch.stack([_pad(k, h, int(k[0])) for k in key_sets])
-    key_real = torch.stack([torch.arange(h) < len(k) for k in key_sets])
-    allowed = full[queries[:, :, None], keys[:, None, :]] & key_real[:, None, :]
-    inverse = torch.empty(length, dtype=torch.long)
-    for i, g in enumerate(groups):
-        inverse[g] = i * t + torch.arange(len(g))
-    return AxisTiling(*(x.to(device) for x in (queries, keys, allowed, inverse)))
-
-
-@dataclass(frozen=True)
-class LocalPlan:
-    """Gather indices and mask for attention over N-D query tiles and their key halos.
-
-    Shapes: ``query_index [num_tiles * T]`` and ``key_index [num_tiles * H]`` (token
-    indices), ``output_index [N]`` (into the tiled query rows), ``mask [num_tiles, T, H]``
-    or ``None`` when every tile attends to all of its keys.
-    """
-
-    query_index: torch.Tensor
-    key_index: torch.Tensor
-    output_index: torch.Tensor
-    mask: torch.Tensor | None
-    num_tiles: int
-    tile_tokens: int
-    halo_tokens: int
-
-
-@lru_cache(maxsize=16)  # a plan's mask is O(N * halo) booleans: keep few
-def local_plan(
-    rules: tuple[AxisRule, ...],
-    shape: tuple[int, ...],
-    tile: tuple[int, ...],
-    device: torch.device,
-) -> LocalPlan:
-    tilings = [axis_tiling(r, n, t, device) for r, n, t in zip(rules, shape, tile, strict=True)]
-    tiles_per_axis = [a.queries.shape[0] for a in tilings]
-    t_per_axis = [a.queries.shape[1] for a in tilings]
-    query_index = flat_index([a.queries for a in tilings], shape).flatten()
-    key_index = flat_index([a.keys for a in tilings], shape).flatten()
-    output_index = tiled_row_index([a.inverse for a in tilings], tiles_per_axis, t_per_axis)
-    mask = axis_outer([a.allowed for a in tilings], operator.and_)
-    return LocalPlan(
-        query_index=query_index,
-        key_index=key_index,
-        output_index=output_index,
-        mask=None if bool(mask.all()) else mask,
-        num_tiles=mask.shape[0],
-        tile_tokens=mask.shape[1],
-        halo_tokens=mask.shape[2],
-    )
-
-
-# ---------------------------------------------------------------------------
 # Box tiling for the generic block-sparse kernel
 # ---------------------------------------------------------------------------
-@lru_cache(maxsize=512)
+@plan_cache(512)
 def _axis_table(rule: AxisRule, length: int, tile: int, device: torch.device) -> torch.Tensor:
     """Rule on the padded axis as [blocks, blocks, tile, tile]; padding rows/columns False."""
     blocks = -(-length // tile)
@@ -206,7 +122,7 @@ class TileGeometry:
         return axis_outer(parts, operator.and_, lead=1)
 
 
-@lru_cache(maxsize=64)
+@plan_cache(64)
 def tile_geometry(layout: Grid, tile: tuple[int, ...], device: torch.device) -> TileGeometry:
     shape = layout.shape
     blocks = [-(-n // t) for n, t in zip(shape, tile, strict=True)]

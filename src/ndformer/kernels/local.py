@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .geometry import LocalPlan
+from .tiling import LocalPlan
 
 
 def masked_softmax_attention(
@@ -33,19 +33,22 @@ def tiled_attention(
 ) -> torch.Tensor:
     """q, k: [B, heads, N, E]; v: [B, heads, N, Ev] -> [B, heads, N, Ev]."""
     batch, heads = q.shape[:2]
-    tiles = (batch * heads, plan.num_tiles)
+    outputs = []
+    for part in plan.parts:
+        tiles = (batch * heads, part.num_tiles)
 
-    def gather(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-        return x.index_select(2, index).view(*tiles, size, x.shape[-1])
+        def gather(x: torch.Tensor, index: torch.Tensor, size: int, tiles=tiles) -> torch.Tensor:
+            return x.index_select(2, index).view(*tiles, size, x.shape[-1])
 
-    args = (
-        gather(q, plan.query_index, plan.tile_tokens),
-        gather(k, plan.key_index, plan.halo_tokens),
-        gather(v, plan.key_index, plan.halo_tokens),
-    )
-    if plan.mask is not None and q.device.type == "cpu":
-        out = masked_softmax_attention(*args, plan.mask, scale)
-    else:
-        out = F.scaled_dot_product_attention(*args, attn_mask=plan.mask, scale=scale)
-    out = out.reshape(batch, heads, plan.num_tiles * plan.tile_tokens, v.shape[-1])
+        args = (
+            gather(q, part.query_index, part.tile_tokens),
+            gather(k, part.key_index, part.halo_tokens),
+            gather(v, part.key_index, part.halo_tokens),
+        )
+        if part.mask is not None and q.device.type == "cpu":
+            out = masked_softmax_attention(*args, part.mask, scale)
+        else:
+            out = F.scaled_dot_product_attention(*args, attn_mask=part.mask, scale=scale)
+        outputs.append(out.reshape(batch, heads, -1, v.shape[-1]))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     return out.index_select(2, plan.output_index)

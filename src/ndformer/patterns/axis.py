@@ -11,9 +11,10 @@ paths tile the axis (queries that share most of their keys go together).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
+
+from .._cache import plan_cache
 
 
 class AxisRule:
@@ -42,7 +43,7 @@ def relation(rule: AxisRule, length: int) -> torch.Tensor:
     return _relation(rule, length)
 
 
-@lru_cache(maxsize=256)
+@plan_cache(256)
 def _relation(rule: AxisRule, length: int) -> torch.Tensor:
     c = torch.arange(length)
     return rule.allowed(c[:, None], c[None, :], length)

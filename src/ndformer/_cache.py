@@ -1,0 +1,31 @@
+"""Caching of plans (index tensors, masks) that must outlive the call that built them."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable)
+
+
+def plan_cache(maxsize: int) -> Callable[[F], F]:
+    """``functools.lru_cache`` whose values are built outside inference mode.
+
+    A plan first built inside ``torch.inference_mode()`` would otherwise hold
+    inference tensors, which autograd refuses to save when the same plan is
+    reused in training.
+    """
+
+    def decorate(build: F) -> F:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args, **kwargs):
+            with torch.inference_mode(False):
+                return build(*args, **kwargs)
+
+        return cached  # type: ignore[return-value]
+
+    return decorate

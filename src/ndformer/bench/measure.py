@@ -1,0 +1,237 @@
+"""Measurements: one benchmark case (time, peak memory, exact FLOPs) and the matmul peak.
+
+A case runs in the process that calls ``measure_case``; ``ndformer bench`` starts
+a fresh worker process per case (``ndformer.bench.worker``) so that the memory
+one case leaves cached cannot hide or inflate the next case's peak.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..attend import attend
+from ..layout import Grid
+from ..patterns import pattern as parse_pattern
+
+#: Pseudo-pattern names of the reference rows.
+FULL_SDPA = "full (SDPA)"
+DENSE_MASKED = "dense masked SDPA"
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a pattern spec (or a reference row) on one grid shape."""
+
+    pattern: str
+    reference: str | None  # None, FULL_SDPA or DENSE_MASKED (then ``pattern`` gives the mask)
+    shape: tuple[int, ...]
+    heads: int = 4
+    head_dim: int = 32
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    backward: bool = False
+    repeats: int = 10
+    min_seconds: float = 0.5
+    warmup: int = 2
+
+    @property
+    def label(self) -> str:
+        return self.reference or self.pattern
+
+    @property
+    def tokens(self) -> int:
+        return math.prod(self.shape)
+
+
+def pairs_per_head(spec: str, shape: tuple[int, ...], heads: int) -> list[int]:
+    """Exact attended (query, key) pairs of each head, counted without building N x N."""
+    counts = parse_pattern(spec).key_counts(Grid(shape), heads=heads).sum(-1)
+    return counts.expand(heads).tolist()
+
+
+def case_flops(case: Case, pairs: list[int]) -> float:
+    """4 * pairs * head_dim * batch summed over heads; x3 more (x4 in all) with backward."""
+    forward = 4.0 * sum(pairs) * case.head_dim * case.batch
+    return forward * (4.0 if case.backward else 1.0)
+
+
+def dense_bytes(case: Case) -> int:
+    """Memory dense masked SDPA needs: the bool mask plus about two float score tensors."""
+    n = case.tokens
+    item = torch.tensor([], dtype=DTYPES[case.dtype]).element_size()
+    scores = case.batch * case.heads * n * n * item
+    return (
+        n * n * (case.heads if parse_pattern(case.pattern).head_dependent else 1)
+        + (3 if case.backward else 2) * scores
+    )
+
+
+def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul throughput in GFLOP/s: median of square matmuls."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    seconds = _timed(lambda: a @ b, device, repeats, min_seconds=0.0)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(
+    fn: Callable[[], object], device: str, repeats: int, min_seconds: float, warmup: int = 2
+) -> list[float]:
+    """Seconds per call after ``warmup`` calls; at least ``repeats`` calls and ``min_seconds``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < repeats or time.perf_counter() - started < min_seconds:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append(time.perf_counter() - start)
+        if len(samples) >= 1000:
+            break
+    return samples
+
+
+# -- peak memory ------------------------------------------------------------
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory of a block, in bytes: CUDA ``max_memory_allocated``, or on Linux the
+    resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
+    minus the resident size at the start; elsewhere the growth of ``ru_maxrss``.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._proc = False
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._start = _proc_status_kib("VmRSS")
+            self._proc = self._start is not None
+        except OSError:
+            pass
+        if not self._proc:
+            self._start = _maxrss_bytes()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self._start
+        elif self._proc:
+            self.bytes = (_proc_status_kib("VmHWM") - self._start) * 1024
+        else:
+            self.bytes = _maxrss_bytes() - self._start
+
+
+def _maxrss_bytes() -> int:
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+# -- one case -----------------------------------------------------------------
+def _runner(case: Case, q, k, v, grad) -> Callable[[], object]:
+    grid = Grid(case.shape)
+    if case.reference == FULL_SDPA:
+
+        def forward():
+            return F.scaled_dot_product_attention(q, k, v)
+
+    elif case.reference == DENSE_MASKED:
+        mask = parse_pattern(case.pattern).mask(grid, case.heads).to(case.device)
+
+        def forward():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    else:
+        spec = parse_pattern(case.pattern)
+
+        def forward():
+            return attend(q, k, v, spec, grid)
+
+    if not case.backward:
+
+        def run():
+            with torch.inference_mode():
+                return forward()
+
+        return run
+
+    def run_backward():
+        for x in (q, k, v):
+            x.grad = None
+        forward().backward(grad)
+
+    return run_backward
+
+
+def measure_case(case: Case) -> dict:
+    """Run ``case``; returns timings (ms), peak memory (MiB) and exact counts as a dict."""
+    torch.manual_seed(0)
+    dtype = DTYPES[case.dtype]
+    pattern_spec = "full" if case.reference == FULL_SDPA else case.pattern
+    pairs = pairs_per_head(pattern_spec, case.shape, case.heads)
+    with PeakMemory(case.device) as peak:
+        shape = (case.batch, case.heads, case.tokens, case.head_dim)
+        q, k, v = (
+            torch.randn(shape, device=case.device, dtype=dtype, requires_grad=case.backward)
+            for _ in range(3)
+        )
+        grad = torch.randn(shape, device=case.device, dtype=dtype) if case.backward else None
+        run = _runner(case, q, k, v, grad)
+        seconds = _timed(run, case.device, case.repeats, case.min_seconds, case.warmup)
+    ms = [s * 1e3 for s in seconds]
+    quartiles = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
+    median = statistics.median(ms)
+    flops = case_flops(case, pairs)
+    return {
+        **asdict(case),
+        "median_ms": median,
+        "iqr_ms": quartiles[2] - quartiles[0],
+        "runs": len(ms),
+        "peak_mib": peak.bytes / 2**20,
+        "pairs": sum(pairs) / case.heads,
+        "gflop": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / (median / 1e3),
+    }

@@ -1,0 +1,198 @@
+"""``ndformer bench``: plan the cases, run each in a fresh worker, collect the rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ..layout import Grid
+from ..patterns import pattern as parse_pattern
+from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
+
+#: Patterns of ``--quick`` and of a run without ``--patterns``.
+DEFAULT_PATTERNS = (
+    "window(8)",
+    "window(8, shift=4)",
+    "neighborhood(7)",
+    "stripe(0, 8)",
+    "axial(0)",
+    "headsplit(stripe(0, 8), stripe(1, 8))",
+    "neighborhood(7) | axial(0)",
+)
+#: Shapes of a run without ``--shapes``; ``--quick`` uses a smaller last volume.
+DEFAULT_SHAPES = ((64, 64), (128, 128), (16, 16, 16), (32, 32, 32))
+QUICK_SHAPES = ((64, 64), (128, 128), (16, 16, 16), (24, 24, 24))
+#: ``--sweep``: growing sizes per number of axes (tokens from 4096 up).
+SWEEP_SHAPES = {
+    1: [(n,) for n in (4096, 8192, 16384, 32768, 65536)],
+    2: [(n, n) for n in (64, 96, 128, 192, 256)],
+    3: [(n, n, n) for n in (16, 24, 32, 48, 64)],
+}
+
+
+@dataclass
+class BenchConfig:
+    """Everything ``ndformer bench`` was asked to do."""
+
+    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    shapes: list[tuple[int, ...]] | None = None  # default: DEFAULT_SHAPES / QUICK_SHAPES
+    heads: int = 4
+    head_dim: int = 32
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    backward: bool = False
+    quick: bool = False
+    sweep: bool = False
+    max_memory_gib: float = 4.0
+    max_seconds: float = 20.0  # per timed call; longer cases are skipped as estimated
+    repeats: int | None = None  # timed calls per case (default 3 with --quick/--sweep, else 10)
+    min_seconds: float | None = None  # keep timing at least this long (default 0 / 1.0)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        for spec in self.patterns:
+            parse_pattern(spec)  # raises a ValueError naming the problem
+        if self.shapes is None:
+            self.shapes = list(QUICK_SHAPES if self.quick else DEFAULT_SHAPES)
+        self.shapes = [Grid(s).shape for s in self.shapes]
+        short = self.quick or self.sweep
+        if self.repeats is None:
+            self.repeats = 3 if short else 10
+        if self.min_seconds is None:
+            self.min_seconds = 0.0 if short else 1.0
+
+
+@dataclass
+class Row:
+    """A measured case (``result``) or one that was not run (``note`` says why)."""
+
+    case: Case
+    result: dict | None = None
+    note: str = ""
+
+    def value(self, key: str):
+        return None if self.result is None else self.result[key]
+
+
+def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
+    """Cases for every shape: the reference rows first, then the patterns.
+
+    Cases that cannot fit (pattern does not apply to the shape, dense mask too
+    large, estimated time too long) become rows with a note instead of a result.
+    """
+    base = dict(
+        heads=config.heads,
+        head_dim=config.head_dim,
+        batch=config.batch,
+        dtype=config.dtype,
+        device=config.device,
+        backward=config.backward,
+        repeats=config.repeats,
+        min_seconds=config.min_seconds,
+        warmup=1 if config.quick or config.sweep else 2,
+    )
+    shapes = config.shapes
+    if config.sweep:
+        shapes = [s for ndim in sorted(SWEEP_SHAPES) for s in SWEEP_SHAPES[ndim]]
+    rows: list[Row] = []
+    for shape in shapes:
+        cases = [Case(pattern="full", reference=FULL_SDPA, shape=shape, **base)]
+        if not config.sweep:
+            cases.append(
+                Case(pattern=config.patterns[0], reference=DENSE_MASKED, shape=shape, **base)
+            )
+        cases += [Case(pattern=p, reference=None, shape=shape, **base) for p in config.patterns]
+        rows += [_admit(case, config, peak_gflops) for case in cases]
+    return rows
+
+
+def _admit(case: Case, config: BenchConfig, peak_gflops: float) -> Row:
+    try:
+        pairs = pairs_per_head(case.pattern, case.shape, case.heads)
+    except ValueError as err:
+        return Row(case, note=f"skipped: {err}")
+    if case.reference == DENSE_MASKED and dense_bytes(case) > config.max_memory_gib * 2**30:
+        return Row(case, note=f"skipped: would need {dense_bytes(case) / 2**30:.1f} GiB")
+    if case.reference == FULL_SDPA:
+        pairs = [case.tokens**2] * case.heads
+    # Even at half the matmul peak, a case this long would not be worth waiting for.
+    estimate = case_flops(case, pairs) / (0.5 * peak_gflops * 1e9)
+    if case.reference is not None and estimate > config.max_seconds:
+        return Row(case, note=f"skipped: would take about {estimate:.0f} s per call")
+    return Row(case)
+
+
+def run_worker(case: Case, timeout: float = 900.0) -> dict:
+    """Measure ``case`` in a fresh Python process; raises RuntimeError with its last error line."""
+    fields = asdict(case)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ndformer.bench.worker"],
+        input=json.dumps(fields),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise RuntimeError(reason)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_rows(
+    rows: list[Row],
+    peak_gflops: float,
+    on_start: Callable[[Row], None] = lambda row: None,
+    on_done: Callable[[Row], None] = lambda row: None,
+    worker: Callable[[Case], dict] = run_worker,
+) -> list[Row]:
+    """Measure every admitted row in turn (never two at once). Ctrl-C stops after the
+    rows finished so far; the interrupted and remaining rows get the note "not run".
+    """
+    pending = [r for r in rows if r.result is None and not r.note]
+    try:
+        for row in pending:
+            on_start(row)
+            try:
+                row.result = worker(row.case)
+                row.result["efficiency"] = row.result["gflop_per_s"] / peak_gflops
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                row.note = f"failed: {err}"
+            on_done(row)
+    except KeyboardInterrupt:
+        for row in pending:
+            if row.result is None and not row.note:
+                row.note = "not run (interrupted)"
+    return rows
+
+
+def fit_exponent(tokens: list[int], times: list[float]) -> float | None:
+    """Least-squares slope of log(time) against log(tokens): time ~ tokens ** alpha."""
+    points = [(math.log(n), math.log(t)) for n, t in zip(tokens, times, strict=True) if t > 0]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if var == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
+def sweep_exponents(rows: list[Row]) -> dict[tuple[str, int], float | None]:
+    """alpha per (pattern label, ndim) over the sizes that ran."""
+    series: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for row in rows:
+        if row.result is not None:
+            key = (row.case.label, len(row.case.shape))
+            series.setdefault(key, []).append((row.case.tokens, row.result["median_ms"]))
+    return {
+        key: fit_exponent([n for n, _ in points], [t for _, t in points])
+        for key, points in series.items()
+    }

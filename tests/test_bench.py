@@ -1,0 +1,152 @@
+"""ndformer bench: exact pair counts, FLOPs, skipping rules, outputs, interruption."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ndformer import Grid
+from ndformer.bench import BenchConfig, Case, fit_exponent, measure_case, plan_cases, run_rows
+from ndformer.bench.measure import DENSE_MASKED, FULL_SDPA, case_flops, pairs_per_head
+from strategies import any_pattern, shapes
+
+pytest.importorskip("matplotlib")
+
+
+@given(data=st.data())
+def test_pairs_equal_the_dense_mask_count(data):
+    shape = data.draw(shapes())
+    heads = data.draw(st.integers(1, 4))
+    _, pattern = data.draw(any_pattern(shape, heads))
+    expected = pattern.mask(Grid(shape), heads=heads).expand(heads, -1, -1).sum((-1, -2))
+    assert pairs_per_head(repr(pattern), shape, heads) == expected.tolist()
+
+
+def test_flops_formula():
+    case = Case("window(2)", None, (4, 4), heads=2, head_dim=8, batch=3)
+    pairs = pairs_per_head("window(2)", (4, 4), 2)
+    assert pairs == [64, 64]  # 16 queries x 4 keys per head
+    assert case_flops(case, pairs) == 4 * 128 * 8 * 3
+    backward = Case("window(2)", None, (4, 4), heads=2, head_dim=8, batch=3, backward=True)
+    assert case_flops(backward, pairs) == 4 * case_flops(case, pairs)
+
+
+def test_fit_exponent_recovers_a_power_law():
+    tokens = [1000, 2000, 4000, 8000]
+    assert fit_exponent(tokens, [3e-6 * n**1.5 for n in tokens]) == pytest.approx(1.5)
+    assert fit_exponent([10], [1.0]) is None
+
+
+def test_plan_marks_what_cannot_run():
+    config = BenchConfig(
+        patterns=["window(4)", "neighborhood(7)"], shapes=[(6, 6), (64, 64)], max_memory_gib=0.01
+    )
+    rows = plan_cases(config, peak_gflops=100.0)
+    notes = {(r.case.label, r.case.shape): r.note for r in rows}
+    assert "exceeds axis 0 of length 6" in notes[("neighborhood(7)", (6, 6))]
+    assert notes[(DENSE_MASKED, (64, 64))].startswith("skipped: would need")
+    assert notes[(DENSE_MASKED, (6, 6))] == ""
+    assert notes[(FULL_SDPA, (64, 64))] == ""
+    # A case estimated to take too long is skipped with the estimate.
+    slow = plan_cases(BenchConfig(patterns=["window(4)"], shapes=[(64, 64)], max_seconds=1e-6), 1.0)
+    assert next(r for r in slow if r.case.label == FULL_SDPA).note.startswith("skipped: would take")
+
+
+def test_measure_case_reports_real_numbers():
+    for backward in (False, True):
+        result = measure_case(
+            Case(
+                "neighborhood(3)",
+                None,
+                (8, 8),
+                heads=2,
+                head_dim=8,
+                repeats=3,
+                min_seconds=0,
+                backward=backward,
+            )
+        )
+        assert result["runs"] == 3 and result["median_ms"] > 0 and result["iqr_ms"] >= 0
+        assert result["pairs"] == 64 * 9
+        assert result["peak_mib"] >= 0
+        assert result["gflop_per_s"] == pytest.approx(result["gflop"] / result["median_ms"] * 1e3)
+
+
+def test_run_rows_stops_cleanly_on_ctrl_c():
+    config = BenchConfig(patterns=["window(2)", "axial(0)"], shapes=[(4, 4)])
+    rows = plan_cases(config, peak_gflops=100.0)
+    calls = []
+
+    def worker(case):
+        calls.append(case)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return measure_case(Case(**{**case.__dict__, "repeats": 1, "min_seconds": 0}))
+
+    run_rows(rows, 100.0, worker=worker)
+    assert [r.result is not None for r in rows] == [True, True, False, False]
+    assert all(r.note == "not run (interrupted)" for r in rows[2:])
+
+
+def test_bench_command_writes_csv_report_and_plots(tmp_path):
+    from typer.testing import CliRunner
+
+    from ndformer.cli import build_app, expand_multi_value_options
+
+    args = expand_multi_value_options(
+        ["bench", "--quick", "--patterns", "window(2)", "neighborhood(3) | axial(0)",
+         "--shapes", "6x6", "4x4x4", "--heads", "2", "--head-dim", "6", "--out", str(tmp_path)]
+    )  # fmt: skip
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "matmul peak" in result.output
+    for name in ("results.csv", "report.md", "time_vs_tokens.png", "efficiency.png"):
+        assert (tmp_path / name).exists(), name
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:17] == [
+        "pattern", "shape", "ndim", "tokens", "heads", "head_dim", "batch", "dtype", "device",
+        "pass", "median_ms", "iqr_ms", "peak_mib", "pairs", "gflop", "gflop_per_s", "efficiency",
+    ]  # fmt: skip
+    assert [r["pattern"] for r in rows] == [FULL_SDPA, DENSE_MASKED, "window(2)",
+                                            "neighborhood(3) | axial(0)"] * 2  # fmt: skip
+    measured = [r for r in rows if r["median_ms"]]
+    assert len(measured) == 8
+    window_6x6 = rows[2]
+    assert float(window_6x6["pairs"]) == 36 * 4
+    assert 0 < float(window_6x6["efficiency"]) < 1.5
+    report = (tmp_path / "report.md").read_text()
+    assert "float32 matmul peak" in report and "## 4x4x4 (64 tokens)" in report
+
+
+def test_expand_multi_value_options():
+    from ndformer.cli import expand_multi_value_options
+
+    assert expand_multi_value_options(["bench", "--shapes", "8x8", "4x4x4", "--heads", "2"]) == [
+        "bench", "--shapes", "8x8", "--shapes", "4x4x4", "--heads", "2",
+    ]  # fmt: skip
+    assert expand_multi_value_options(["show", "full", "--shape", "8"]) == [
+        "show", "full", "--shape", "8",
+    ]  # fmt: skip
+
+
+def test_info_prints_versions_and_peak():
+    from typer.testing import CliRunner
+
+    from ndformer.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["info"])
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.output and "float32 matmul peak" in result.output
+
+
+def test_bad_bench_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        BenchConfig(dtype="float8")
+    with pytest.raises(ValueError, match="unknown pattern 'windw'"):
+        BenchConfig(patterns=["windw(2)"])
+    assert torch.get_num_threads() >= 1
