@@ -82,8 +82,9 @@ def _steps(plan: BlockSparsePlan):
 
 def _gather(x: torch.Tensor, key_tiles: torch.Tensor) -> torch.Tensor:
     """x [B, h, tiles, T, E] at key_tiles [tiles, c] -> [B, h, tiles, c*T, E]."""
-    b, h, tiles, _, e = x.shape
-    return x[:, :, key_tiles].reshape(b, h, tiles, -1, e)
+    b, h, tiles, t, e = x.shape
+    flat = x.view(b * h, tiles, t, e).index_select(1, key_tiles.flatten())
+    return flat.view(b, h, tiles, -1, e)
 
 
 def _scatter_add(target: torch.Tensor, key_tiles: torch.Tensor, values: torch.Tensor) -> None:
@@ -153,12 +154,12 @@ def block_sparse_attention(
     geometry = plan.geometry
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
 
+    b, h, n = q.shape[:3]
+
     def tiles(x: torch.Tensor) -> torch.Tensor:
-        b, h, _, e = x.shape
-        x = x.to(compute).index_select(2, geometry.token_index)
-        return x.view(b, h, geometry.num_tiles, geometry.tile_tokens, e)
+        x = x.to(compute).reshape(b * h, n, x.shape[-1]).index_select(1, geometry.token_index)
+        return x.view(b, h, geometry.num_tiles, geometry.tile_tokens, x.shape[-1])
 
     out = _BlockSparseAttention.apply(tiles(q), tiles(k), tiles(v), plan, scale)
-    b, h = q.shape[:2]
-    out = out.reshape(b, h, -1, v.shape[-1]).index_select(2, geometry.inverse)
-    return out.to(q.dtype)
+    out = out.reshape(b * h, -1, v.shape[-1]).index_select(1, geometry.inverse)
+    return out.view(b, h, n, v.shape[-1]).to(q.dtype)
