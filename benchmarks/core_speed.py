@@ -11,8 +11,8 @@ Memory: 3-D 32x32x32 tokens, Neighborhood(5), heads 2, head_dim 16, forward +
 backward, run in a fresh child process; the figure is the process' peak
 resident memory during the case minus its resident memory just before it
 (inputs already allocated): everything the attention and its backward needed
-at their peak. On Linux the peak is read from /proc/self/status (VmHWM, reset
-through /proc/self/clear_refs); elsewhere from ru_maxrss.
+at their peak (``ndformer.bench.measure.PeakMemory``: VmHWM on Linux, reset
+through /proc/self/clear_refs; ru_maxrss elsewhere).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 import ndformer
 from ndformer import Grid, attend
+from ndformer.bench.measure import PeakMemory
 from ndformer.patterns import Neighborhood, Window
 
 
@@ -113,26 +113,6 @@ def speed(repeats: int) -> None:
     )
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-        return True
-    except OSError:
-        return False
-
-
 def memory_case() -> None:
     """Child process: one 3-D forward + backward; prints the peak growth as JSON."""
     torch.manual_seed(0)
@@ -140,15 +120,9 @@ def memory_case() -> None:
     q, k, v = (torch.randn(1, 2, grid.num_tokens, 16, requires_grad=True) for _ in range(3))
     pattern = Neighborhood(5)
     attend(q[:, :, :216], k[:, :, :216], v[:, :, :216], pattern, Grid((6, 6, 6)))  # warm-up
-    if _reset_peak() and (rss := _proc_status_kib("VmRSS")) is not None:
+    with PeakMemory("cpu") as peak:
         attend(q, k, v, pattern, grid).square().sum().backward()
-        growth = (_proc_status_kib("VmHWM") - rss) * 1024
-    else:  # ru_maxrss: a fresh process' peak; bytes on macOS, KiB elsewhere
-        scale = 1 if sys.platform == "darwin" else 1024
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        attend(q, k, v, pattern, grid).square().sum().backward()
-        growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale
-    print(json.dumps({"peak_growth_bytes": growth}))
+    print(json.dumps({"peak_growth_bytes": peak.bytes}))
 
 
 def memory() -> None:

@@ -121,6 +121,7 @@ def test_bench_command_writes_csv_report_and_plots(tmp_path):
     assert 0 < float(window_6x6["efficiency"]) < 1.5
     report = (tmp_path / "report.md").read_text()
     assert "float32 matmul peak" in report and "## 4x4x4 (64 tokens)" in report
+    assert "| neighborhood(3) \\| axial(0) |" in report  # escaped inside the table
 
 
 def test_expand_multi_value_options():
@@ -150,3 +151,29 @@ def test_bad_bench_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="unknown pattern 'windw'"):
         BenchConfig(patterns=["windw(2)"])
     assert torch.get_num_threads() >= 1
+
+
+def test_sweep_fits_an_exponent_per_pattern_and_dimension(tmp_path):
+    from ndformer.bench.report import write_outputs
+
+    config = BenchConfig(
+        patterns=["window(4)"], shapes=[(64,), (128,), (256,), (8, 8), (16, 16)], sweep=True
+    )
+    rows = plan_cases(config, peak_gflops=100.0)
+    assert DENSE_MASKED not in {r.case.label for r in rows}  # no dense rows in a sweep
+
+    def worker(case):  # synthetic times: window linear in tokens, full quadratic
+        result = measure_case(Case(**{**case.__dict__, "repeats": 1, "min_seconds": 0}))
+        power = 2.0 if case.reference == FULL_SDPA else 1.0
+        result["median_ms"] = 1e-3 * case.tokens**power
+        return result
+
+    run_rows(rows, 100.0, worker=worker)
+    from ndformer.bench import sweep_exponents
+
+    alphas = sweep_exponents(rows)
+    assert alphas[("window(4)", 1)] == pytest.approx(1.0)
+    assert alphas[(FULL_SDPA, 2)] == pytest.approx(2.0)
+    write_outputs(rows, {"machine": "test"}, tmp_path, sweep=True)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Cost exponent" in report and "| window(4) | 1 | 1.00 |" in report

@@ -117,7 +117,11 @@ def build_app():
             bool, typer.Option(help="Fewer repeats: a few minutes on 2 cores.")
         ] = False,
         sweep: Annotated[
-            bool, typer.Option(help="Growing 1-D, 2-D and 3-D sizes; fit time ~ tokens^alpha.")
+            bool,
+            typer.Option(
+                help="Fit time ~ tokens^alpha per pattern over growing sizes (default: 1-D, 2-D"
+                " and 3-D from 4096 tokens up; --shapes to choose)."
+            ),
         ] = False,
         max_memory: Annotated[
             float, typer.Option(help="Skip dense masked SDPA above this many GiB.")

@@ -73,6 +73,11 @@ def write_csv(rows: list[Row], path: Path) -> None:
             writer.writerow(values)
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a union's "|" would split the cell."""
+    return text.replace("|", "\\|")
+
+
 def _fmt(value: float | None, digits: str) -> str:
     return "" if value is None else format(value, digits)
 
@@ -113,6 +118,7 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
             label = r.case.label
             if r.case.reference and r.case.reference != "full (SDPA)":
                 label += f" ({r.case.pattern} mask)"
+            label = _cell(label)
             if r.result is None:
                 lines.append(f"| {label} | {r.note} | | | | | | | |")
                 continue
@@ -133,6 +139,7 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
         ]
         lines += ["| pattern | ndim | α |", "|---|---:|---:|"]
         for (label, ndim), alpha in sorted(sweep_exponents(rows).items()):
+            label = _cell(label)
             lines.append(f"| {label} | {ndim} | {_fmt(alpha, '.2f')} |")
         lines.append("")
     path.write_text("\n".join(lines))

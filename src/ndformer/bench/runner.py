@@ -39,7 +39,7 @@ class BenchConfig:
     """Everything ``ndformer bench`` was asked to do."""
 
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
-    shapes: list[tuple[int, ...]] | None = None  # default: DEFAULT_SHAPES / QUICK_SHAPES
+    shapes: list[tuple[int, ...]] | None = None  # default: SWEEP / QUICK / DEFAULT_SHAPES
     heads: int = 4
     head_dim: int = 32
     batch: int = 1
@@ -59,7 +59,10 @@ class BenchConfig:
         for spec in self.patterns:
             parse_pattern(spec)  # raises a ValueError naming the problem
         if self.shapes is None:
-            self.shapes = list(QUICK_SHAPES if self.quick else DEFAULT_SHAPES)
+            if self.sweep:
+                self.shapes = [s for ndim in sorted(SWEEP_SHAPES) for s in SWEEP_SHAPES[ndim]]
+            else:
+                self.shapes = list(QUICK_SHAPES if self.quick else DEFAULT_SHAPES)
         self.shapes = [Grid(s).shape for s in self.shapes]
         short = self.quick or self.sweep
         if self.repeats is None:
@@ -97,11 +100,8 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
         min_seconds=config.min_seconds,
         warmup=1 if config.quick or config.sweep else 2,
     )
-    shapes = config.shapes
-    if config.sweep:
-        shapes = [s for ndim in sorted(SWEEP_SHAPES) for s in SWEEP_SHAPES[ndim]]
     rows: list[Row] = []
-    for shape in shapes:
+    for shape in config.shapes:
         cases = [Case(pattern="full", reference=FULL_SDPA, shape=shape, **base)]
         if not config.sweep:
             cases.append(
