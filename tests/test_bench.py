@@ -150,6 +150,13 @@ def test_bad_bench_arguments_are_clear_errors():
         BenchConfig(dtype="float8")
     with pytest.raises(ValueError, match="unknown pattern 'windw'"):
         BenchConfig(patterns=["windw(2)"])
+    with pytest.raises(ValueError, match="device must be like"):
+        BenchConfig(device="gpu0")
+    with pytest.raises(ValueError, match="heads must be >= 1"):
+        BenchConfig(heads=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            BenchConfig(device="cuda")
     assert torch.get_num_threads() >= 1
 
 

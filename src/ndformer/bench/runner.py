@@ -9,6 +9,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import torch
+
+from .._checks import check_int
 from ..layout import Grid
 from ..patterns import pattern as parse_pattern
 from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
@@ -56,6 +59,16 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(
+                f"device must be like cpu, cuda or cuda:1; got {self.device!r}"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} was asked for but CUDA is not available")
+        for name in ("heads", "head_dim", "batch"):
+            check_int(name, getattr(self, name), minimum=1)
         for spec in self.patterns:
             parse_pattern(spec)  # raises a ValueError naming the problem
         if self.shapes is None:
