@@ -101,7 +101,7 @@ def attend(
 
     if backend == "reference":
         return reference_attention(q, k, v, pattern, layout, scale)
-    if isinstance(pattern, HeadSplit) and backend == "auto":
+    if isinstance(pattern, HeadSplit) and backend in ("auto", "tiled"):
         outputs = []
         for part, (start, stop) in zip(
             pattern.patterns, pattern.head_groups(q.shape[1]), strict=True
@@ -110,7 +110,14 @@ def attend(
                 heads = slice(start, stop)
                 outputs.append(
                     attend(
-                        q[:, heads], k[:, heads], v[:, heads], part, layout, scale=scale, tile=tile
+                        q[:, heads],
+                        k[:, heads],
+                        v[:, heads],
+                        part,
+                        layout,
+                        scale=scale,
+                        backend=backend,
+                        tile=tile,
                     )
                 )
         return torch.cat(outputs, dim=1)
