@@ -161,6 +161,10 @@ class HeadSplit(Pattern):
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
         return self._stack(heads, lambda p, h: p.mask_rows(layout, queries, h))
 
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        # Each head group counts with its own pattern (O(N) for separable parts).
+        return self._stack(heads, lambda p, h: p.key_counts(layout, h, rows_per_step))
+
     def block_any(self, geometry: TileGeometry) -> torch.Tensor:
         result = self.patterns[0].block_any(geometry)
         for p in self.patterns[1:]:
