@@ -23,9 +23,9 @@ def masked_softmax_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale, masked) v for rows with at least one allowed key.
 
-    On CPU this is about twice as fast as SDPA with a boolean mask for tile-sized
-    problems (measured with benchmarks/core_speed.py), and autograd keeps only the
-    probabilities.
+    On CPU this ran about twice as fast as SDPA with a boolean mask for tile-sized
+    problems when it was written (torch 2.13, 2-core x86: [4, 256, 64, 196] scores),
+    and autograd keeps only the probabilities.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).masked_fill_(~mask, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
