@@ -7,7 +7,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -55,6 +55,7 @@ class BenchConfig:
     max_seconds: float = 20.0  # per timed call; longer cases are skipped as estimated
     repeats: int | None = None  # timed calls per case (default 3 with --quick/--sweep, else 10)
     min_seconds: float | None = None  # keep timing at least this long (default 0 / 1.0)
+    warmup: int | None = None  # untimed calls first (default 1 with --quick/--sweep, else 2)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -82,6 +83,8 @@ class BenchConfig:
             self.repeats = 3 if short else 10
         if self.min_seconds is None:
             self.min_seconds = 0.0 if short else 1.0
+        if self.warmup is None:
+            self.warmup = 1 if short else 2
 
 
 @dataclass
@@ -102,17 +105,9 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
     Cases that cannot fit (pattern does not apply to the shape, dense mask too
     large, estimated time too long) become rows with a note instead of a result.
     """
-    base = dict(
-        heads=config.heads,
-        head_dim=config.head_dim,
-        batch=config.batch,
-        dtype=config.dtype,
-        device=config.device,
-        backward=config.backward,
-        repeats=config.repeats,
-        min_seconds=config.min_seconds,
-        warmup=1 if config.quick or config.sweep else 2,
-    )
+    # Every per-case setting (heads, dtype, repeats, ...) comes from the config field of its name.
+    per_case = [f.name for f in fields(Case) if f.name not in ("pattern", "reference", "shape")]
+    base = {name: getattr(config, name) for name in per_case}
     rows: list[Row] = []
     for shape in config.shapes:
         cases = [Case(pattern="full", reference=FULL_SDPA, shape=shape, **base)]

@@ -1,4 +1,4 @@
-"""Tilings of N-D grids, built once per (rules, shape, tile, device) and cached.
+"""N-D helpers shared by the tilings, and the box tiling of the block-sparse kernel.
 
 Everything here is N-D by construction: per-axis pieces (a few small 1-D
 tables) are combined across axes with ``axis_outer``, so no code path is
@@ -52,23 +52,16 @@ def flat_index(per_axis: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.
     return axis_outer([c * s for c, s in zip(per_axis, strides, strict=True)], operator.add)
 
 
-def tiled_row_index(
-    rows_per_axis: Sequence[torch.Tensor],
-    tiles_per_axis: Sequence[int],
-    slots_per_axis: Sequence[int],
-) -> torch.Tensor:
-    """Each token's row in tile order [N-D tile (row-major), N-D slot within tile (row-major)].
+def row_of_token(gather_index: torch.Tensor, real: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Invert a tiling's gather: each token's row among the gathered rows.
 
-    ``rows_per_axis[a][c]`` is ``tile * slots_per_axis[a] + slot`` of coordinate ``c`` on axis a.
+    ``gather_index [rows]`` gives each row's token; ``real [rows]`` is False for padding
+    rows (repeats of a token that has its own real row). Every token must have exactly
+    one real row. Returns [num_tokens].
     """
-    tile_tokens = math.prod(slots_per_axis)
-    contributions = []
-    for axis, rows in enumerate(rows_per_axis):
-        tile_id, slot = rows // slots_per_axis[axis], rows % slots_per_axis[axis]
-        tile_stride = math.prod(tiles_per_axis[axis + 1 :]) * tile_tokens
-        slot_stride = math.prod(slots_per_axis[axis + 1 :])
-        contributions.append(tile_id * tile_stride + slot * slot_stride)
-    return axis_outer(contributions, operator.add)
+    rows = torch.empty(num_tokens, dtype=torch.long, device=gather_index.device)
+    rows[gather_index[real]] = torch.nonzero(real).flatten()
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -127,12 +120,13 @@ def tile_geometry(layout: Grid, tile: tuple[int, ...], device: torch.device) -> 
     shape = layout.shape
     blocks = [-(-n // t) for n, t in zip(shape, tile, strict=True)]
     # Per axis: [blocks, tile] coordinates of each slot, padding clamped to the last real one.
-    slots = [
-        torch.arange(b * t, device=device).clamp(max=n - 1).view(b, t)
-        for b, t, n in zip(blocks, tile, shape, strict=True)
+    positions = [
+        torch.arange(b * t, device=device).view(b, t) for b, t in zip(blocks, tile, strict=True)
     ]
+    slots = [p.clamp(max=n - 1) for p, n in zip(positions, shape, strict=True)]
     token_index = flat_index(slots, shape).flatten()
-    inverse = tiled_row_index([torch.arange(n, device=device) for n in shape], blocks, tile)
+    real = axis_outer([p < n for p, n in zip(positions, shape, strict=True)], operator.and_)
+    inverse = row_of_token(token_index, real.flatten(), layout.num_tokens)
     grids = torch.meshgrid(*[torch.arange(b, device=device) for b in blocks], indexing="ij")
     tile_coords = torch.stack(grids, dim=-1).reshape(-1, len(shape))
     return TileGeometry(

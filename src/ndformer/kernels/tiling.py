@@ -20,7 +20,7 @@ import torch
 
 from .._cache import plan_cache
 from ..patterns.axis import AxisRule, relation
-from .geometry import axis_outer, flat_index
+from .geometry import axis_outer, flat_index, row_of_token
 
 #: Beyond this many per-axis class combinations, classes are merged (padded) instead.
 MAX_PARTS = 32
@@ -99,6 +99,7 @@ class LocalPlan:
 
 
 def _part(combo: tuple[AxisTiling, ...], shape: tuple[int, ...], device) -> LocalPart:
+    """One batched call for a combination of per-axis tile classes."""
     mask = axis_outer([a.allowed for a in combo], operator.and_)
     return LocalPart(
         query_index=flat_index([a.queries for a in combo], shape).flatten().to(device),
@@ -123,14 +124,10 @@ def local_plan(
             axis_tilings(r, n, t, False) for r, n, t in zip(rules, shape, tile, strict=True)
         ]
     combos = list(itertools.product(*per_axis))
-    query_index = torch.cat([flat_index([a.queries for a in c], shape).flatten() for c in combos])
+    parts = tuple(_part(c, shape, device) for c in combos)
     real = torch.cat(
         [axis_outer([a.query_real for a in c], operator.and_).flatten() for c in combos]
     )
-    # Every token is the real query of exactly one slot: invert that map.
-    output_index = torch.empty(math.prod(shape), dtype=torch.long)
-    output_index[query_index[real]] = torch.nonzero(real).flatten()
-    return LocalPlan(
-        parts=tuple(_part(c, shape, device) for c in combos),
-        output_index=output_index.to(device),
-    )
+    # Every token is the real query of exactly one slot of the concatenated parts.
+    query_index = torch.cat([p.query_index for p in parts])
+    return LocalPlan(parts, row_of_token(query_index, real.to(device), math.prod(shape)))
