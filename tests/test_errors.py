@@ -137,14 +137,14 @@ def test_attend_rejects_unknown_backend_and_bad_tile():
 
 
 def test_module_errors_name_the_problem():
-    with pytest.raises(ValueError, match="head_dim=10 cannot be split across ndim=3"):
-        RoPE(10, 3)
+    with pytest.raises(ValueError, match="head_dim=5 is too small for ndim=3"):
+        RoPE(5, 3)
     with pytest.raises(ValueError, match=r"positions must be \[N, ndim\] = \[5, 2\]"):
         RoPE(8, 2)(torch.randn(5, 8), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="dim=30 must be divisible by heads=4"):
         Attention(30, 4)
-    with pytest.raises(ValueError, match="cannot be split across ndim=3"):
-        Attention(32, 4, ndim=3)  # head_dim 8 is not a multiple of 6
+    with pytest.raises(ValueError, match="too small for ndim=4"):
+        Attention(24, 4, ndim=4)  # head_dim 6, but one rotation pair per axis needs 8
     with pytest.raises(ValueError, match=r"Attention expects \[B, \*grid, dim=32\]"):
         Attention(32, 4)(torch.randn(2, 4, 4, 16))
     with pytest.raises(ValueError, match=r"in_chans=3, 2 spatial axes\], got \(2, 1, 8, 8\)"):

@@ -12,10 +12,12 @@ from ndformer import RoPE
 @given(
     ndim=st.integers(1, 4),
     pairs_per_axis=st.integers(1, 4),
+    leftover=st.integers(0, 7),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_scores_depend_only_on_the_offset_on_every_axis(ndim, pairs_per_axis, seed):
-    head_dim = 2 * ndim * pairs_per_axis
+def test_scores_depend_only_on_the_offset_on_every_axis(ndim, pairs_per_axis, leftover, seed):
+    # leftover channels beyond a multiple of 2 * ndim pass through unrotated.
+    head_dim = 2 * ndim * pairs_per_axis + leftover % (2 * ndim)
     rope = RoPE(head_dim, ndim)
     gen = torch.Generator().manual_seed(seed)
     q, k = torch.randn(2, 1, head_dim, generator=gen, dtype=torch.float64)
@@ -61,3 +63,12 @@ def test_float_positions_and_dtypes():
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     out = rope(x, torch.rand(3, 2) * 10)
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
+
+
+def test_channels_beyond_the_rotation_pairs_pass_through():
+    rope = RoPE(64, 3)  # 3 axes x 20 rotated channels, 4 unrotated
+    assert rope.rotated == 60
+    x = torch.randn(5, 64, dtype=torch.float64)
+    out = rope(x, torch.randint(1, 9, (5, 3)))
+    torch.testing.assert_close(out[:, 60:], x[:, 60:], rtol=0, atol=0)
+    assert not torch.allclose(out[:, :60], x[:, :60])

@@ -11,12 +11,14 @@ from ._checks import check_int
 class RoPE(nn.Module):
     """Axial N-D rotary position embedding.
 
-    ``head_dim`` is split evenly across the ``ndim`` axes; on each axis, channel
-    pairs ``(i, i + d/2)`` of that axis' ``d = head_dim // ndim`` channels rotate by
-    ``position[axis] * base ** (-2i / d)``. After rotating queries and keys with
-    their own positions, ``q . k`` depends only on the offset between the two
-    positions on every axis. Positions may be integers or floats (e.g. scaled
-    coordinates); the module has no parameters.
+    Each of the ``ndim`` axes gets ``d = 2 * (head_dim // (2 * ndim))`` channels;
+    on each axis, channel pairs ``(i, i + d/2)`` rotate by
+    ``position[axis] * base ** (-2i / d)``. Channels left over when ``head_dim`` is
+    not a multiple of ``2 * ndim`` (at the end) pass through unrotated, as in
+    partial-rotary transformers, so e.g. head_dim 64 works in 3-D (60 rotated).
+    After rotating queries and keys with their own positions, ``q . k`` depends
+    only on the offset between the two positions on every axis. Positions may be
+    integers or floats (e.g. scaled coordinates); the module has no parameters.
 
     Called as ``rope(x, positions)`` with ``x [..., N, head_dim]`` and
     ``positions [N, ndim]``; returns a tensor shaped like ``x``.
@@ -26,18 +28,20 @@ class RoPE(nn.Module):
         super().__init__()
         check_int("RoPE head_dim", head_dim, minimum=1)
         check_int("RoPE ndim", ndim, minimum=1)
-        if head_dim % (2 * ndim):
+        if head_dim < 2 * ndim:
             raise ValueError(
-                f"RoPE head_dim={head_dim} cannot be split across ndim={ndim} axes in rotation"
-                f" pairs: head_dim must be divisible by 2 * ndim = {2 * ndim}"
+                f"RoPE head_dim={head_dim} is too small for ndim={ndim} axes: every axis needs"
+                f" at least one rotation pair, so head_dim must be >= 2 * ndim = {2 * ndim}"
             )
         if not base > 1:
             raise ValueError(f"RoPE base must be > 1, got {base}")
         self.head_dim, self.ndim, self.base = head_dim, ndim, float(base)
+        self.per_axis = 2 * (head_dim // (2 * ndim))
+        self.rotated = self.per_axis * ndim
 
     def frequencies(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Angular frequencies of one axis, [head_dim // ndim // 2]."""
-        per_axis = self.head_dim // self.ndim
+        """Angular frequencies of one axis, [per_axis // 2]."""
+        per_axis = self.per_axis
         exponents = torch.arange(0, per_axis, 2, device=device, dtype=dtype) / per_axis
         return self.base ** (-exponents)
 
@@ -54,11 +58,15 @@ class RoPE(nn.Module):
         compute = torch.promote_types(x.dtype, torch.float32)
         angles = positions.to(compute)[:, :, None] * self.frequencies(x.device, compute)
         cos, sin = angles.cos(), angles.sin()  # [N, ndim, per_axis / 2]
-        half = self.head_dim // self.ndim // 2
-        pairs = x.to(compute).unflatten(-1, (self.ndim, 2, half))
+        half = self.per_axis // 2
+        x_compute = x.to(compute)
+        pairs = x_compute[..., : self.rotated].unflatten(-1, (self.ndim, 2, half))
         first, second = pairs[..., 0, :], pairs[..., 1, :]
         rotated = torch.stack((first * cos - second * sin, first * sin + second * cos), dim=-2)
-        return rotated.flatten(-3).to(x.dtype)
+        rotated = rotated.flatten(-3)
+        if self.rotated < self.head_dim:
+            rotated = torch.cat((rotated, x_compute[..., self.rotated :]), dim=-1)
+        return rotated.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, ndim={self.ndim}, base={self.base:g}"
