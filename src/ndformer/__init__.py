@@ -5,6 +5,7 @@ The public API:
 - layouts: ``Grid``
 - patterns: ``ndformer.patterns`` (``Window``, ``Neighborhood``, ...), ``pattern(spec)``
 - ``attend(q, k, v, pattern, layout)``: attention under a pattern, fast and exact
+- models: ``create_model(name, **overrides)``, ``list_models()``, ``load(run_dir)``
 - modules: ``RoPE``, ``PatchEmbed``, ``Attention``, ``Block``; ``patchify`` / ``unpatchify``
 """
 
@@ -12,9 +13,11 @@ from . import patterns
 from .attend import attend
 from .layers import Attention, Block, DropPath, Mlp
 from .layout import Grid
+from .models import create_model, list_models
 from .patterns import list_patterns, pattern
 from .position import RoPE
 from .tokens import PatchEmbed, patchify, unpatchify
+from .train import load
 
 __version__ = "0.1.0.dev0"
 
@@ -28,7 +31,10 @@ __all__ = [
     "RoPE",
     "__version__",
     "attend",
+    "create_model",
+    "list_models",
     "list_patterns",
+    "load",
     "patchify",
     "pattern",
     "patterns",

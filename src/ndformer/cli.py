@@ -160,6 +160,10 @@ def build_app():
         for key, value in machine_info(device, matmul_peak(device)).items():
             console.print(f"{key:>20}: {value}")
 
+    from .cli_train import register
+
+    register(app, console, lambda message: _fail(console, message))
+
     @app.command("patterns")
     def list_patterns_command() -> None:
         """List pattern names usable in spec strings, with their arguments."""
@@ -180,7 +184,7 @@ def parse_pattern_spec(spec: str) -> str:
 
 
 #: Options that take several values after one flag (``--shapes 64x64 32x32x32``).
-MULTI_VALUE_OPTIONS = ("--patterns", "--shapes")
+MULTI_VALUE_OPTIONS = ("--patterns", "--shapes", "--pattern")
 
 
 def expand_multi_value_options(args: list[str]) -> list[str]:

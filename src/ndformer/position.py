@@ -57,13 +57,16 @@ class RoPE(nn.Module):
             )
         compute = torch.promote_types(x.dtype, torch.float32)
         angles = positions.to(compute)[:, :, None] * self.frequencies(x.device, compute)
-        cos, sin = angles.cos(), angles.sin()  # [N, ndim, per_axis / 2]
-        half = self.per_axis // 2
+        # Tables laid out like the channels [N, ndim, 2, per_axis / 2] -> [N, rotated]:
+        # (first, second) -> (first cos - second sin, second cos + first sin), computed as
+        # x * cos + swap(x) * signed_sin with swap exchanging the two halves of each axis.
+        cos = angles.cos().unsqueeze(-2).expand(-1, -1, 2, -1).flatten(-3)
+        sin = angles.sin()
+        signed_sin = torch.stack((-sin, sin), dim=-2).flatten(-3)
         x_compute = x.to(compute)
-        pairs = x_compute[..., : self.rotated].unflatten(-1, (self.ndim, 2, half))
-        first, second = pairs[..., 0, :], pairs[..., 1, :]
-        rotated = torch.stack((first * cos - second * sin, first * sin + second * cos), dim=-2)
-        rotated = rotated.flatten(-3)
+        rotating = x_compute[..., : self.rotated]
+        swapped = rotating.unflatten(-1, (self.ndim, 2, self.per_axis // 2)).flip(-2).flatten(-3)
+        rotated = rotating * cos + swapped * signed_sin
         if self.rotated < self.head_dim:
             rotated = torch.cat((rotated, x_compute[..., self.rotated :]), dim=-1)
         return rotated.to(x.dtype)

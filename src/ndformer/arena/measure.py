@@ -1,0 +1,111 @@
+"""One arena entry: train, evaluate and measure a model; run in its own worker process.
+
+    echo '{"config": {...TrainConfig...}, "out": "dir", "budget_seconds": null}' \
+        | python -m ndformer.arena.measure
+
+prints one JSON line: the test score, train samples/s, inference ms per batch,
+peak memory of the process during training, attention GFLOP per sample, parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bench.measure import PeakMemory, pairs_per_head
+from ..layers import Attention
+from ..models import NdModel
+from ..train import TrainConfig, build_for, fit, resolve_data
+from ..train.loop import batch_indices
+
+
+def attention_gflop(model: NdModel, sample: torch.Tensor) -> float:
+    """Forward attention GFLOP for one sample: 4 * pairs * head_dim over heads and layers.
+
+    ``pairs`` are counted exactly from each layer's pattern on the token grid it sees.
+    """
+    grids: list[tuple[Attention, tuple[int, ...]]] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: grids.append((mod, args[0].shape[1:-1])))
+        for m in model.modules()
+        if isinstance(m, Attention)
+    ]
+    try:
+        with torch.inference_mode():
+            model.eval()(sample[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = 0.0
+    for module, grid in grids:
+        pairs = pairs_per_head(repr(module.pattern), tuple(grid), module.heads)
+        total += 4.0 * sum(pairs) * module.head_dim
+    return total / 1e9
+
+
+def inference_ms(model: NdModel, batch: torch.Tensor, repeats: int = 7) -> float:
+    """Median forward time (ms) of ``batch`` in inference mode, after one warm-up."""
+    times = []
+    with torch.inference_mode():
+        model.eval()
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            model(batch)
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[1:])
+
+
+def steps_for_budget(config: TrainConfig, seconds: float) -> int:
+    """Training steps that fit ``seconds``, from timing a few steps of a throwaway copy."""
+    data = resolve_data(config)
+    model = build_for(config, data)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for step in range(5):
+        index = batch_indices(config, len(data.y["train"]), step)
+        x, y = data.normalize(data.x["train"][index]), data.y["train"][index]
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    per_step = statistics.median(times[2:]) * 1.1  # evaluation and checkpoints on top
+    return max(10, int(seconds / per_step))
+
+
+def run_entry(config: dict[str, Any], out: str, budget_seconds: float | None = None) -> dict:
+    """Train one arena entry and measure it; returns a JSON-able dict."""
+    train_config = TrainConfig(**config)
+    if budget_seconds is not None:
+        train_config.steps = steps_for_budget(train_config, budget_seconds)
+    data = resolve_data(train_config)
+    with PeakMemory("cpu") as peak:
+        result = fit(train_config, Path(out), data=data, progress=False)
+    model = result.model
+    batch = data.normalize(data.x["test"][: train_config.batch_size])
+    return dict(
+        score=result.score.to_dict(),
+        steps=train_config.steps,
+        samples_per_s=result.samples_per_s,
+        inference_ms=inference_ms(model, batch),
+        inference_batch=len(batch),
+        peak_mib=peak.bytes / 2**20,
+        attention_gflop=attention_gflop(model, batch),
+        params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.read())
+    print(json.dumps(run_entry(request["config"], request["out"], request.get("budget_seconds"))))
+
+
+if __name__ == "__main__":
+    main()

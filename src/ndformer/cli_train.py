@@ -1,0 +1,215 @@
+"""``ndformer train``, ``evaluate`` and ``arena``: registered on the app built in ``cli.py``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXAMPLES_TRAIN = """
+Examples:
+
+  ndformer train --task digits --model vit-tiny --steps 600 --out runs/digits
+
+  ndformer train --task pathfinder2d-32 --model vit-tiny --pattern "neighborhood(7)" --steps 2000 --out runs/x
+
+  ndformer train --task shapes3d-16 --model hvit-tiny --pattern "window(4)" --teacher conv --out runs/s
+
+  ndformer train --data my_images/ --model vit-small --out runs/mine      (folder of class folders)
+
+  ndformer train ... --out runs/x --resume                                (continue a stopped run)
+"""  # noqa: E501
+
+EXAMPLES_EVALUATE = """
+Examples:
+
+  ndformer evaluate runs/x                    (the run's own task, test split)
+
+  ndformer evaluate runs/x --data other.npz   (another data set with the same layout)
+"""
+
+EXAMPLES_ARENA = """
+Examples:
+
+  ndformer arena                               (the default arena, about 10 minutes on 2 cores)
+
+  ndformer arena --task pathfinder2d-32 --patterns full "window(8)" "neighborhood(7)" --minutes 30
+
+  ndformer arena --task shapes3d-16 --patterns full "window(4)" --steps 800 --seeds 3
+
+  ndformer arena --data my_scans.npz --model hvit-tiny --patterns "window(4)" "window(7)"
+"""
+
+
+def _overrides(text: str | None, fail) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        fail(f"--overrides must be a JSON object, e.g. '{{\"depth\": 4}}': {error}")
+    if not isinstance(value, dict):
+        fail(f"--overrides must be a JSON object, got {text!r}")
+    return value
+
+
+def register(app: typer.Typer, console, fail) -> None:
+    """Add the training commands to ``app``."""
+
+    @app.command(epilog=EXAMPLES_TRAIN)
+    def train(
+        out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics).")],
+        task: Annotated[str | None, typer.Option(help="A task name, e.g. digits.")] = None,
+        data: Annotated[
+            Path | None, typer.Option(help="User data: image folder, .npz or NIfTI .csv.")
+        ] = None,
+        model: Annotated[str, typer.Option(help="Model name (see Python list_models()).")] = (
+            "vit-tiny"
+        ),
+        pattern: Annotated[
+            list[str] | None, typer.Option(help="Pattern spec(s), cycled over the blocks.")
+        ] = None,
+        patch: Annotated[int | None, typer.Option(help="Patch size (default: the task's).")] = None,
+        overrides: Annotated[
+            str | None, typer.Option(help="Model config overrides as JSON, e.g. '{\"depth\": 4}'.")
+        ] = None,
+        steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+        batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 64,
+        lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+        seed: Annotated[int, typer.Option(help="Seed of init, batches and augmentation.")] = 0,
+        bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
+        teacher: Annotated[
+            str | None, typer.Option(help="'conv' (train an N-D CNN first) or a run dir.")
+        ] = None,
+        teacher_steps: Annotated[int | None, typer.Option(help="Steps for --teacher conv.")] = None,
+        eval_every: Annotated[int, typer.Option(help="Validate + checkpoint every N.")] = 0,
+        tensorboard: Annotated[bool, typer.Option(help="Also log to out/tensorboard.")] = False,
+        resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    ) -> None:
+        """Train a model on a task or on your data; checkpoints are written atomically."""
+        from .train import TrainConfig, TrainingError, fit
+
+        try:
+            config = TrainConfig(
+                task=task,
+                data=None if data is None else str(data),
+                model=model,
+                pattern=None if not pattern else (pattern[0] if len(pattern) == 1 else pattern),
+                patch=patch,
+                overrides=_overrides(overrides, fail),
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                weight_decay=weight_decay,
+                seed=seed,
+                amp=bf16,
+                teacher=teacher,
+                teacher_steps=teacher_steps,
+                eval_every=eval_every,
+                tensorboard=tensorboard,
+            )
+            result = fit(config, out, resume=resume, progress=True)
+        except (TrainingError, ValueError) as error:
+            fail(str(error))
+        console.print(f"test {result.score}  ({result.samples_per_s:.0f} train samples/s)")
+        console.print(f"run directory: {out}  (ndformer evaluate {out})")
+
+    @app.command(epilog=EXAMPLES_EVALUATE)
+    def evaluate(
+        run: Annotated[Path, typer.Argument(help="A run directory from ndformer train.")],
+        task: Annotated[str | None, typer.Option(help="Evaluate on this task instead.")] = None,
+        data: Annotated[Path | None, typer.Option(help="Evaluate on these files instead.")] = None,
+        split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    ) -> None:
+        """Accuracy (or mIoU) of a trained run with its 95% confidence interval."""
+        from .train import TrainConfig, evaluate_model, load, read_run, resolve_data
+        from .train.loop import check_model_fits
+
+        try:
+            info = read_run(run)
+            saved = info["train"]
+            if task or data:
+                saved = dict(saved, task=task, data=None if data is None else str(data))
+            dataset = resolve_data(TrainConfig(**saved))
+            model = load(run)
+            check_model_fits(model, dataset)
+            if split not in dataset.x:
+                raise ValueError(f"--split must be train, val or test, got {split!r}")
+            score = evaluate_model(model, dataset, split)
+        except ValueError as error:
+            fail(str(error))
+        console.print(f"{dataset.name} {split}: {score}")
+
+    @app.command(epilog=EXAMPLES_ARENA)
+    def arena(
+        task: Annotated[str | None, typer.Option(help="Task name.")] = None,
+        data: Annotated[Path | None, typer.Option(help="User data instead of a task.")] = None,
+        patterns: Annotated[
+            list[str] | None, typer.Option(help="Pattern specs (several after one flag).")
+        ] = None,
+        model: Annotated[str | None, typer.Option(help="Model name.")] = None,
+        overrides: Annotated[str | None, typer.Option(help="Model overrides as JSON.")] = None,
+        steps: Annotated[
+            int | None, typer.Option(help="A budget of steps per run instead of --minutes.")
+        ] = None,
+        minutes: Annotated[
+            float | None,
+            typer.Option(help="Training minutes for the whole arena, split evenly. [default: 7.5]"),
+        ] = None,
+        seeds: Annotated[int, typer.Option(help="Runs per pattern.")] = 1,
+        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("arena-results"),
+    ) -> None:
+        """Train one model with each pattern under the same budget; report accuracy vs cost.
+
+        With no arguments: the default arena (pathfinder2d-16, four patterns, about
+        10 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
+        """
+        from .arena import ArenaConfig, config_dict, run_arena
+        from .arena.report import summarize, write_outputs
+        from .tasks import load_data, load_task
+
+        try:
+            config = ArenaConfig(seeds=seeds, out=out)
+            if task or data:
+                config.task, config.data = task, None if data is None else str(data)
+            if patterns:
+                config.patterns = patterns
+            if model:
+                config.model, config.overrides = model, {}
+            if overrides:
+                config.overrides = _overrides(overrides, fail)
+            if steps:
+                config.steps, config.minutes = steps, None
+            if minutes:
+                config.minutes = minutes
+            config.__post_init__()
+            summary_data = load_data(config.data) if config.data else load_task(config.task)
+        except ValueError as error:
+            fail(str(error))
+        console.print(summary_data.summary())
+
+        def on_entry(done: int, total: int, spec: str, row: dict) -> None:
+            if not row:
+                console.print(f"[{done + 1}/{total}] training {spec} ...")
+            elif "error" in row:
+                console.print(f"  {spec}: failed: {row['error']}")
+            else:
+                s = row["score"]
+                console.print(
+                    f"  {spec}: {s['metric']} {100 * s['value']:.1f}%"
+                    f" ({100 * s['low']:.1f}-{100 * s['high']:.1f}), {row['steps']} steps,"
+                    f" {row['samples_per_s']:.0f} samples/s, {row['seconds']:.0f} s"
+                )
+
+        rows = run_arena(config, on_entry)
+        paths = write_outputs(rows, config_dict(config), out, summary_data.summary())
+        for s in summarize(rows):
+            if "value" in s:
+                console.print(
+                    f"{s['pattern']:>24}: {100 * s['value']:.1f}%"
+                    f" ({100 * s['low']:.1f}-{100 * s['high']:.1f})"
+                )
+        console.print("wrote " + ", ".join(str(p) for p in paths))

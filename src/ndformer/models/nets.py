@@ -1,0 +1,153 @@
+"""The model classes: plain (``vit``) and hierarchical (``hvit``, ``conv``) N-D networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import Block
+from ..tokens import PatchEmbed
+from .config import ModelConfig, PatternSpec
+from .parts import ConvBlock, Head, PatchMerging, upsample_nearest
+
+
+def _cycled(spec: PatternSpec, count: int) -> list[str]:
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    return [specs[i % len(specs)] for i in range(count)]
+
+
+class NdModel(nn.Module):
+    """Shared interface (timm-like) of every ndformer model.
+
+    ``forward(x [B, in_chans, *spatial])`` returns logits [B, num_classes] for
+    classification or [B, num_classes, *spatial] for segmentation. ``forward_features``
+    gives the tokens [B, *grid, num_features] the head reads; ``forward_head`` maps
+    them to logits; ``reset_classifier`` replaces the last layer.
+    """
+
+    config: ModelConfig
+    num_features: int
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.ndim, self.in_chans, self.num_classes = (
+            config.ndim,
+            config.in_chans,
+            config.num_classes,
+        )
+
+    def _make_head(self) -> None:
+        c = self.config
+        self.head = Head(self.num_features, c.num_classes, c.head, self.config.patch_tuple)
+
+    def check_input(self, x: torch.Tensor, name: str = "input") -> None:
+        """Raise ``ValueError`` if ``x`` is not [B, in_chans, *spatial] with ``ndim`` axes."""
+        if x.dim() != self.ndim + 2 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)} but the model expects [B, in_chans="
+                f"{self.in_chans}, {self.ndim} spatial axes]"
+                f" ({self.config.name or self.config.arch}, ndim={self.ndim})"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor, size: tuple[int, ...] | None = None):
+        """Logits from ``forward_features``; ``size`` crops dense outputs to the input size."""
+        return self.head(features, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.forward_head(self.forward_features(x), tuple(x.shape[2:]))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: features only)."""
+        self.config.num_classes = self.num_classes = num_classes
+        self.head = Head(self.num_features, num_classes, self.config.head, self.config.patch_tuple)
+
+
+class VisionTransformer(NdModel):
+    """Plain pre-norm transformer over N-D patch tokens with N-D RoPE (Volume-Transformer style).
+
+    ``config.pattern`` is cycled over the blocks, e.g. ``["window(8)", "window(8,
+    shift=4)"]`` alternates Swin-style.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.patch_embed = PatchEmbed(c.in_chans, c.dim, c.patch, c.ndim)
+        rates = torch.linspace(0, c.drop_path, c.depth).tolist()
+        self.blocks = nn.Sequential(
+            *[
+                Block(c.dim, c.heads, p, c.mlp_ratio, rate, rope=c.rope, ndim=c.ndim)
+                for p, rate in zip(_cycled(c.pattern, c.depth), rates, strict=True)
+            ]
+        )
+        self.norm = nn.LayerNorm(c.dim)
+        self.num_features = c.dim
+        self._make_head()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.patch_embed(x)))
+
+
+class HierarchicalNet(NdModel):
+    """Stages of blocks with N-D patch merging (every axis halved) between them.
+
+    ``arch='hvit'``: transformer blocks (Swin / SegFormer3D-like); ``arch='conv'``:
+    depthwise-conv blocks (the N-D CNN used as a distillation teacher). Channels
+    double at every stage. For segmentation the stages are projected to the first
+    stage's width, upsampled to its grid and summed before the dense head.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        c = config
+        dims = [c.dim * 2**s for s in range(c.num_stages)]
+        self.patch_embed = PatchEmbed(c.in_chans, c.dim, c.patch, c.ndim)
+        rates = iter(torch.linspace(0, c.drop_path, sum(c.depth)).tolist())
+        self.stages, self.merges = nn.ModuleList(), nn.ModuleList()
+        for s, (dim, depth, heads) in enumerate(zip(dims, c.depth, c.heads, strict=True)):
+            if s:
+                self.merges.append(PatchMerging(dims[s - 1], dim, c.ndim))
+            if c.arch == "conv":
+                blocks = [
+                    ConvBlock(dim, c.kernel, c.ndim, c.mlp_ratio, next(rates)) for _ in range(depth)
+                ]
+            else:
+                stage_spec = c.stage_patterns[s] if c.stage_patterns else c.pattern
+                blocks = [
+                    Block(dim, heads, p, c.mlp_ratio, next(rates), rope=c.rope, ndim=c.ndim)
+                    for p in _cycled(stage_spec, depth)
+                ]
+            self.stages.append(nn.Sequential(*blocks))
+        self.dense = c.head == "segmentation"
+        if self.dense:
+            self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
+            self.lateral = nn.ModuleList(nn.Linear(d, c.dim) for d in dims)
+            self.num_features = c.dim
+        else:
+            self.norm = nn.LayerNorm(dims[-1])
+            self.num_features = dims[-1]
+        self._make_head()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        outputs = []
+        for s, stage in enumerate(self.stages):
+            if s:
+                x = self.merges[s - 1](x)
+            x = stage(x)
+            outputs.append(x)
+        if not self.dense:
+            return self.norm(x)
+        grid = tuple(outputs[0].shape[1:-1])
+        fused = None
+        for s, (out, norm, lateral) in enumerate(
+            zip(outputs, self.norms, self.lateral, strict=True)
+        ):
+            level = upsample_nearest(lateral(norm(out)), 2**s, grid)
+            fused = level if fused is None else fused + level
+        return fused

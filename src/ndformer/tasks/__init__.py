@@ -1,0 +1,142 @@
+"""Tasks: ``load_task(name, seed)`` for generated and bundled data, ``load_data(path)`` for files.
+
+Generated tasks are deterministic from the seed and cached on disk
+(``$NDFORMER_CACHE``, default ``~/.cache/ndformer``); nothing is downloaded.
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (real data, 10 classes).
+- ``pathfinder{2,3}d-{size}[-{easy,medium,hard}]``: are the two markers on the same path?
+- ``shapes3d[-{size}]``: which of 6 primitives is in the volume.
+- ``scenes3d[-{size}]``: per-voxel labels of several primitives (mIoU).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from .base import SPLITS, TaskData, cached_arrays, progress_steps, split_indices
+from .files import load_data
+from .synthetic import PATHFINDER_LEVELS, PRIMITIVES, pathfinder, scenes3d, shapes3d
+
+#: (train, val, test) sample counts of the generated tasks.
+SIZES = {
+    "pathfinder": (12000, 1000, 2000),
+    "shapes3d": (3000, 500, 1500),
+    "scenes3d": (1200, 200, 400),
+}
+#: Bump when a generator changes, so stale caches are not reused.
+GENERATOR_VERSION = 1
+
+TASK_PATTERNS = {
+    "digits": r"digits",
+    "pathfinder": r"pathfinder(?P<ndim>[1-4])d-(?P<size>\d+)(?:-(?P<level>easy|medium|hard))?",
+    "shapes3d": r"shapes3d(?:-(?P<size>\d+))?",
+    "scenes3d": r"scenes3d(?:-(?P<size>\d+))?",
+}
+
+
+def list_tasks() -> list[str]:
+    """Examples of valid task names (sizes and levels are free parameters)."""
+    return ["digits", "pathfinder2d-32", "pathfinder3d-16", "shapes3d-16", "scenes3d-24"]
+
+
+def _generate(make, counts, seed: int, progress: bool, label: str):
+    """Generate the three splits in chunks (with a progress bar), seeds derived per chunk."""
+    chunk = 500
+    arrays: dict[str, np.ndarray] = {}
+    with progress_steps(f"generating {label}", sum(counts), progress) as advance:
+        for split_id, (split, count) in enumerate(zip(SPLITS, counts, strict=True)):
+            xs, ys = [], []
+            for start in range(0, count, chunk):
+                n = min(chunk, count - start)
+                x, y = make(n, seed * 1_000_003 + split_id * 10_007 + start)
+                xs.append(x)
+                ys.append(y)
+                advance(n)
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = np.concatenate(xs), np.concatenate(ys)
+    return arrays
+
+
+def load_task(name: str, seed: int = 0, progress: bool = False, cache: bool = True) -> TaskData:
+    """The task ``name`` (see the module docstring), deterministic from ``seed``."""
+    for kind, regex in TASK_PATTERNS.items():  # noqa: B007 (kind is used after the loop)
+        match = re.fullmatch(regex, name)
+        if match:
+            break
+    else:
+        raise ValueError(
+            f"unknown task {name!r}; examples: {', '.join(list_tasks())} (or --data PATH)"
+        )
+    groups = match.groupdict()
+    if kind == "digits":
+        return _digits(seed)
+    if kind == "pathfinder":
+        ndim, size, level = int(groups["ndim"]), int(groups["size"]), groups["level"] or "easy"
+        if size < 8:
+            raise ValueError(f"pathfinder size must be >= 8, got {size} in {name!r}")
+
+        def make(n, s):
+            return pathfinder(n, size, ndim, level, s)
+
+        extra = dict(
+            num_classes=2,
+            patch=4 if ndim <= 2 else 2,
+            flip_axes=tuple(range(ndim)),
+            class_names=["different paths", "same path"],
+        )
+    else:
+        size = int(groups["size"] or (16 if kind == "shapes3d" else 24))
+        generator = shapes3d if kind == "shapes3d" else scenes3d
+
+        def make(n, s):
+            return generator(n, size, s)
+
+        names = [p.name for p in PRIMITIVES]
+        extra = dict(
+            num_classes=len(names) + (kind == "scenes3d"),
+            patch=2,
+            flip_axes=(0, 1, 2),
+            class_names=names if kind == "shapes3d" else ["background", *names],
+        )
+    key = f"{name}-seed{seed}-v{GENERATOR_VERSION}"
+    arrays = cached_arrays(
+        key, lambda: _generate(make, SIZES[kind], seed, progress, name), use_cache=cache
+    )
+    return TaskData(
+        name=name,
+        kind="segmentation" if kind == "scenes3d" else "classification",
+        x={s: torch.from_numpy(arrays[f"{s}_x"]) for s in SPLITS},
+        y={s: torch.from_numpy(arrays[f"{s}_y"]).long() for s in SPLITS},
+        **extra,
+    )
+
+
+def _digits(seed: int) -> TaskData:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ValueError("task 'digits' needs scikit-learn: pip install 'ndformer[all]'") from error
+    data = load_digits()
+    images = data.images.astype(np.float32)[:, None]  # [1797, 1, 8, 8], values 0..16
+    parts = split_indices(len(images), seed, fractions=(0.6, 0.15, 0.25))
+    return TaskData(
+        name="digits",
+        kind="classification",
+        num_classes=10,
+        x={s: torch.from_numpy(images[i]) for s, i in parts.items()},
+        y={s: torch.from_numpy(data.target[i]).long() for s, i in parts.items()},
+        patch=2,
+        max_shift=1,
+        class_names=[str(d) for d in range(10)],
+    )
+
+
+__all__ = [
+    "PATHFINDER_LEVELS",
+    "TaskData",
+    "list_tasks",
+    "load_data",
+    "load_task",
+]

@@ -1,0 +1,162 @@
+"""Task data held in memory, deterministic splits, and the on-disk cache of generated tasks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KINDS = ("classification", "segmentation")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TaskData:
+    """A labelled data set split into train / val / test, all tensors in memory.
+
+    ``x[split]``: [n, in_chans, *spatial] (any dtype; ``normalize`` turns a batch into
+    normalised float32); ``y[split]``: int64 [n] (classification) or [n, *spatial]
+    (segmentation, per-voxel labels). Augmentation may flip along ``flip_axes`` and
+    translate by up to ``max_shift`` voxels per axis (both keep the label); ``patch``
+    is the suggested patch size.
+    """
+
+    name: str
+    kind: str
+    num_classes: int
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+    patch: int = 4
+    flip_axes: tuple[int, ...] = ()
+    max_shift: int = 0
+    class_names: list[str] | None = None
+    mean: torch.Tensor = field(init=False, repr=False)
+    std: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task kind must be one of {KINDS}, got {self.kind!r}")
+        for split in SPLITS:
+            if split not in self.x or split not in self.y:
+                raise ValueError(f"task {self.name!r} has no {split!r} split")
+            check_labels(self, split)
+        train = self.x["train"].float()
+        reduce = [0, *range(2, train.dim())]
+        self.mean = train.mean(dim=reduce).view(1, -1, *[1] * self.ndim)
+        self.std = train.std(dim=reduce).clamp_min(1e-6).view(1, -1, *[1] * self.ndim)
+
+    @property
+    def ndim(self) -> int:
+        return self.x["train"].dim() - 2
+
+    @property
+    def in_chans(self) -> int:
+        return self.x["train"].shape[1]
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.x["train"].shape[2:])
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.kind == "classification" else "miou"
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A raw batch [b, C, *spatial] -> float32, normalised with the train split's statistics."""
+        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{s} {len(self.y[s])}" for s in SPLITS)
+        return (
+            f"{self.name}: {self.kind}, {self.num_classes} classes, {self.ndim}-D"
+            f" {'x'.join(map(str, self.spatial))}, {self.in_chans} channel(s); {sizes}"
+        )
+
+
+def check_labels(task: TaskData, split: str) -> None:
+    """Clear errors for mismatched shapes and labels outside [0, num_classes)."""
+    x, y = task.x[split], task.y[split]
+    if x.dim() < 3:
+        raise ValueError(
+            f"{task.name}: {split} images must be [n, C, *spatial], got {tuple(x.shape)}"
+        )
+    expected = (x.shape[0],) if task.kind == "classification" else (x.shape[0], *x.shape[2:])
+    if tuple(y.shape) != expected:
+        raise ValueError(
+            f"{task.name}: {split} labels have shape {tuple(y.shape)}, expected {expected}"
+            f" for {task.kind} of images {tuple(x.shape)}"
+        )
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= task.num_classes):
+        raise ValueError(
+            f"{task.name}: {split} labels range over [{int(y.min())}, {int(y.max())}], outside"
+            f" [0, {task.num_classes - 1}] for {task.num_classes} classes"
+        )
+
+
+def split_indices(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
+    """A deterministic random split of ``range(n)`` into train / val / test."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    parts = np.split(order, [n_train, n_train + n_val])
+    return dict(zip(SPLITS, parts, strict=True))
+
+
+def cache_dir() -> Path:
+    """Where generated tasks are cached: ``$NDFORMER_CACHE`` or ``~/.cache/ndformer``."""
+    root = os.environ.get("NDFORMER_CACHE") or Path.home() / ".cache" / "ndformer"
+    return Path(root) / "tasks"
+
+
+def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_arrays(
+    key: str, make: Callable[[], dict[str, np.ndarray]], use_cache: bool = True
+) -> dict[str, np.ndarray]:
+    """Load ``key`` from the cache, or ``make()`` it and cache it (atomically)."""
+    path = cache_dir() / f"{key}.npz"
+    if use_cache and path.exists():
+        try:
+            with np.load(path) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # unreadable cache: regenerate
+    arrays = make()
+    if use_cache:
+        atomic_save_npz(path, arrays)
+    return arrays
+
+
+@contextmanager
+def progress_steps(description: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (if ``enabled`` and rich is installed); yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    try:
+        from rich.progress import Progress
+    except ImportError:
+        yield lambda n: None
+        return
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,188 @@
+"""User data from files: image folders, MedMNIST-style ``.npz``, NIfTI volumes listed in a CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import SPLITS, TaskData, split_indices
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def load_data(path: str | Path, seed: int = 0) -> TaskData:
+    """A task from the user's files at ``path``:
+
+    - a folder with one sub-folder of images per class (or ``train/``, ``val/``,
+      ``test/`` folders, each with class sub-folders); images are resized to the
+      size of the first one;
+    - an ``.npz`` in the MedMNIST layout: ``train_images``, ``train_labels``,
+      ``val_*``, ``test_*``; images [n, H, W], [n, H, W, C] (C in 1, 3, 4) or
+      [n, D, H, W]; labels [n] / [n, 1], or per-pixel labels shaped like the images
+      (segmentation);
+    - a ``.csv`` with columns ``path,label`` of NIfTI volumes (``.nii`` / ``.nii.gz``),
+      resized to the first volume's shape, split 70/10/20 by ``seed``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"--data {str(path)!r} does not exist")
+    if path.is_dir():
+        return _image_folder(path, seed)
+    if path.suffix == ".npz":
+        return _npz(path)
+    if path.suffix == ".csv":
+        return _nifti_csv(path, seed)
+    raise ValueError(
+        f"--data {str(path)!r}: expected a folder of class folders, an .npz or a .csv of NIfTI"
+        " paths"
+    )
+
+
+def _classification(name: str, images: np.ndarray, labels: np.ndarray, parts, classes, patch):
+    return TaskData(
+        name=name,
+        kind="classification",
+        num_classes=len(classes),
+        x={s: torch.from_numpy(images[i]) for s, i in parts.items()},
+        y={s: torch.from_numpy(labels[i]).long() for s, i in parts.items()},
+        patch=patch,
+        class_names=list(classes),
+    )
+
+
+def _suggest_patch(spatial: tuple[int, ...]) -> int:
+    """A patch size giving roughly 8-16 tokens per axis."""
+    return max(1, min(spatial) // 12)
+
+
+def _image_folder(root: Path, seed: int) -> TaskData:
+    from PIL import Image
+
+    split_roots = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if split_roots and set(split_roots) != set(SPLITS):
+        raise ValueError(f"{root}: has {sorted(split_roots)} folders; need all of {list(SPLITS)}")
+    sources = split_roots or {"all": root}
+    classes = sorted(d.name for d in next(iter(sources.values())).iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise ValueError(f"{root}: need at least 2 class folders, found {classes}")
+    files: dict[str, list[tuple[Path, int]]] = {}
+    for split, base in sources.items():
+        files[split] = [
+            (f, label)
+            for label, cls in enumerate(classes)
+            for f in sorted((base / cls).iterdir())
+            if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not files[split]:
+            raise ValueError(f"{base}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    first = Image.open(files[next(iter(files))][0][0])
+    mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    size = first.size
+
+    def read(items):
+        arrays = [np.asarray(Image.open(f).convert(mode).resize(size)) for f, _ in items]
+        x = np.stack(arrays).astype(np.uint8)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        return x, np.array([label for _, label in items], dtype=np.int64)
+
+    if split_roots:
+        data = {s: read(files[s]) for s in SPLITS}
+        images = np.concatenate([data[s][0] for s in SPLITS])
+        labels = np.concatenate([data[s][1] for s in SPLITS])
+        bounds = np.cumsum([0] + [len(data[s][1]) for s in SPLITS])
+        parts = {s: np.arange(bounds[i], bounds[i + 1]) for i, s in enumerate(SPLITS)}
+    else:
+        images, labels = read(files["all"])
+        parts = split_indices(len(labels), seed)
+    patch = _suggest_patch(images.shape[2:])
+    return _classification(root.name, images, labels, parts, classes, patch)
+
+
+def _npz(path: Path) -> TaskData:
+    with np.load(path) as data:
+        missing = [
+            f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in data
+        ]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing} (has {sorted(data.files)})")
+        images = {s: data[f"{s}_images"] for s in SPLITS}
+        labels = {s: data[f"{s}_labels"] for s in SPLITS}
+    x = {s: _channels_first(images[s], f"{path}: {s}_images") for s in SPLITS}
+    spatial = x["train"].shape[2:]
+    for s in SPLITS:
+        if x[s].shape[1:] != x["train"].shape[1:]:
+            raise ValueError(
+                f"{path}: {s}_images {images[s].shape} do not match train_images"
+                f" {images['train'].shape} (channels and spatial size must agree)"
+            )
+    dense = labels["train"].shape[1:] == spatial
+    y = {}
+    for s in SPLITS:
+        lab = labels[s]
+        if not dense and lab.ndim == 2 and lab.shape[1] == 1:
+            lab = lab[:, 0]
+        if lab.shape[0] != x[s].shape[0]:
+            raise ValueError(
+                f"{path}: {s}_labels has {lab.shape[0]} entries for {x[s].shape[0]} images"
+            )
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(f"{path}: {s}_labels must be integers, got {lab.dtype}")
+        y[s] = torch.from_numpy(lab.astype(np.int64))
+    num_classes = int(max(int(y[s].max()) for s in SPLITS if y[s].numel())) + 1
+    return TaskData(
+        name=path.stem,
+        kind="segmentation" if dense else "classification",
+        num_classes=max(num_classes, 2),
+        x={s: torch.from_numpy(np.ascontiguousarray(x[s])) for s in SPLITS},
+        y=y,
+        patch=_suggest_patch(spatial),
+    )
+
+
+def _channels_first(images: np.ndarray, name: str) -> np.ndarray:
+    """MedMNIST layouts -> [n, C, *spatial]."""
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4 and images.shape[-1] in (1, 3, 4) and min(images.shape[1:3]) > 4:
+        return images.transpose(0, 3, 1, 2)
+    if images.ndim == 4:
+        return images[:, None]
+    raise ValueError(
+        f"{name} has shape {images.shape}; expected [n, H, W], [n, H, W, C] or [n, D, H, W]"
+    )
+
+
+def _nifti_csv(path: Path, seed: int) -> TaskData:
+    try:
+        import nibabel
+    except ImportError as error:
+        raise ValueError("NIfTI data needs nibabel: pip install 'ndformer[all]'") from error
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or {"path", "label"} - set(rows[0]):
+        raise ValueError(f"{path}: needs a header with columns 'path,label'")
+    names = sorted({row["label"] for row in rows})
+    volumes, labels = [], []
+    shape = None
+    for line, row in enumerate(rows, start=2):
+        file = Path(row["path"])
+        file = file if file.is_absolute() else path.parent / file
+        if not file.exists():
+            raise ValueError(f"{path}:{line}: volume {str(file)!r} does not exist")
+        volume = torch.from_numpy(np.asarray(nibabel.load(str(file)).get_fdata(), np.float32))
+        if volume.dim() != 3:
+            raise ValueError(f"{path}:{line}: {file.name} has shape {tuple(volume.shape)}, not 3-D")
+        shape = shape or tuple(volume.shape)
+        if tuple(volume.shape) != shape:
+            volume = F.interpolate(volume[None, None], size=shape, mode="trilinear")[0, 0]
+        volumes.append(volume.numpy())
+        labels.append(names.index(row["label"]))
+    images = np.stack(volumes)[:, None]
+    parts = split_indices(len(labels), seed)
+    return _classification(
+        path.stem, images, np.array(labels), parts, names, _suggest_patch(images.shape[2:])
+    )

@@ -1,0 +1,23 @@
+"""Training, evaluation and run directories: ``fit``, ``evaluate_model``, ``load``."""
+
+from .checkpoint import atomic_write, load, read_run
+from .fit import RunResult, fit
+from .loop import TrainConfig, TrainingError, build_for, evaluate_model, predict, resolve_data
+from .metrics import Score, accuracy_score, miou_score
+
+__all__ = [
+    "RunResult",
+    "Score",
+    "TrainConfig",
+    "TrainingError",
+    "accuracy_score",
+    "atomic_write",
+    "build_for",
+    "evaluate_model",
+    "fit",
+    "load",
+    "miou_score",
+    "predict",
+    "read_run",
+    "resolve_data",
+]

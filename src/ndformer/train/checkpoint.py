@@ -1,0 +1,96 @@
+"""Run directories: atomic checkpoint files and ``load(run_dir)``.
+
+A run directory holds
+
+- ``config.json``: the model's ``ModelConfig`` (written once, atomically);
+- ``model.safetensors``: the latest weights (replaced atomically);
+- ``run.json``: the training config, the data's normalisation, the final metric;
+- ``state.pt``: everything ``--resume`` needs (weights, optimizer, step), one file
+  replaced atomically, so a crash leaves either the old or the new state, never a mix;
+- ``metrics.csv``: one row per logged step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from ..models import ModelConfig, NdModel, build_model
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(handle)`` into a temporary file, fsync, then rename.
+
+    Readers see the old file or the complete new one; an exception inside ``write``
+    (or a crash) leaves the old file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def save_weights(path: Path, model: NdModel) -> None:
+    """``model.safetensors`` (atomic)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    data = save(tensors, metadata={"format": "pt"})
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """The resume state (atomic)."""
+    atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def load(run_dir: str | Path, map_location: str | torch.device = "cpu") -> NdModel:
+    """The trained model of a run directory (``config.json`` + ``model.safetensors``).
+
+    Returned in eval mode, on ``map_location``.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
+    for required in (config_path, weights_path):
+        if not required.exists():
+            raise ValueError(f"{run_dir} is not a run directory: {required.name} is missing")
+    model = build_model(ModelConfig.from_json(config_path.read_text()))
+    state = load_file(str(weights_path), device=str(map_location))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """``run.json`` of a run directory."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        raise ValueError(f"{run_dir} is not a run directory: run.json is missing")
+    return json.loads(path.read_text())
