@@ -55,7 +55,7 @@ def test_pathfinder_marker_distance_does_not_give_the_label_away():
 
 def test_generated_tasks_are_deterministic_and_cached(tmp_path):
     first = load_task("pathfinder3d-12", seed=1)
-    assert (tmp_path / "cache" / "tasks" / "pathfinder3d-12-seed1-v1.npz").exists()
+    assert (tmp_path / "cache" / "tasks" / "pathfinder3d-12-seed1-v2.npz").exists()
     again = load_task("pathfinder3d-12", seed=1, cache=False)
     other = load_task("pathfinder3d-12", seed=2, cache=False)
     for split in ("train", "val", "test"):

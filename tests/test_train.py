@@ -163,7 +163,9 @@ def test_scores_and_intervals():
     assert half.value == pytest.approx((1 + 0.5 + 0.5) / 3)
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "arena", "bench", "show"])
+@pytest.mark.parametrize(
+    "command", ["train", "evaluate", "arena", "bench", "show", "info", "patterns"]
+)
 def test_every_command_has_help_with_examples(command):
     result = CliRunner().invoke(build_app(), [command, "--help"])
     assert result.exit_code == 0 and "Examples" in result.output

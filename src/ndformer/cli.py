@@ -36,6 +36,21 @@ Examples:
 """
 
 
+EXAMPLES_INFO = """
+Examples:
+
+  ndformer info
+
+  ndformer info --device cuda
+"""
+
+EXAMPLES_PATTERNS = """
+Examples:
+
+  ndformer patterns            (then e.g. ndformer show "stripe(1, 4)" --shape 16x16)
+"""
+
+
 def _fail(console, message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code=2)
@@ -149,7 +164,7 @@ def build_app():
             _fail(console, str(err))
         run_bench_command(config, out, console)
 
-    @app.command()
+    @app.command(epilog=EXAMPLES_INFO)
     def info(
         device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     ) -> None:
@@ -164,7 +179,7 @@ def build_app():
 
     register(app, console, lambda message: _fail(console, message))
 
-    @app.command("patterns")
+    @app.command("patterns", epilog=EXAMPLES_PATTERNS)
     def list_patterns_command() -> None:
         """List pattern names usable in spec strings, with their arguments."""
         from .patterns.spec import list_patterns, signature

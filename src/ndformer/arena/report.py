@@ -122,8 +122,8 @@ def write_report(
         "Metric on the held-out test split with its 95% confidence interval (accuracy: Wilson"
         " interval over all test predictions of all seeds; mIoU: bootstrap). Train samples/s is"
         " measured over the training steps only; inference is the median forward time of one"
-        " test batch; peak memory is the training process's resident high-water mark during"
-        " training; attention GFLOP counts 4 * attended pairs * head_dim over heads and layers"
+        " test batch; peak MiB is how far the training process's resident high-water mark rose"
+        " during training (above what it held before: the data and the library); attention GFLOP counts 4 * attended pairs * head_dim over heads and layers"
         " for one sample, with pairs counted exactly from each pattern.",
         "",
         "| pattern | metric (95% CI) | steps | train samples/s | inference ms"

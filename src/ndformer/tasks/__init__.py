@@ -27,7 +27,7 @@ SIZES = {
     "scenes3d": (1200, 200, 400),
 }
 #: Bump when a generator changes, so stale caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 TASK_PATTERNS = {
     "digits": r"digits",

@@ -46,18 +46,63 @@ def _walk(
     return np.stack(out, axis=-2)
 
 
-def _stamp(image: np.ndarray, points: np.ndarray, radius: int) -> None:
-    """Set the (2 * radius + 1)**ndim block around every point (clipped) to 1.
-
-    ``image`` [n, *spatial]; ``points`` [n, k, ndim] integer coordinates.
-    """
-    n, ndim = image.shape[0], image.ndim - 1
+def _blocks(points: np.ndarray, shape: tuple[int, ...], radius: int) -> np.ndarray:
+    """Bool [n, *shape]: the (2 * radius + 1)**ndim block around each point [n, ndim], clipped."""
+    n, ndim = points.shape
+    out = np.zeros((n, *shape), dtype=bool)
     offsets = np.stack(np.meshgrid(*[np.arange(-radius, radius + 1)] * ndim, indexing="ij"), -1)
-    offsets = offsets.reshape(-1, ndim)
-    coords = points[:, :, None, :] + offsets[None, None]  # [n, k, m, ndim]
-    coords = np.clip(coords, 0, np.array(image.shape[1:]) - 1).reshape(n, -1, ndim)
-    sample = np.repeat(np.arange(n), coords.shape[1])
-    image[(sample, *coords.reshape(-1, ndim).T)] = 1
+    coords = np.rint(points)[:, None, :].astype(np.int64) + offsets.reshape(1, -1, ndim)
+    coords = np.clip(coords, 0, np.array(shape) - 1)
+    out[(np.repeat(np.arange(n), coords.shape[1]), *coords.reshape(-1, ndim).T)] = True
+    return out
+
+
+def _raster(walks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Bool [n, *shape]: the voxels the walks [n, steps, ndim] pass through."""
+    n, ndim = walks.shape[0], walks.shape[-1]
+    cells = np.rint(walks).astype(np.int64).reshape(n, -1, ndim)
+    out = np.zeros((n, *shape), dtype=bool)
+    out[(np.repeat(np.arange(n), cells.shape[1]), *cells.reshape(-1, ndim).T)] = True
+    return out
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Grow bool [n, *spatial] by one voxel along every axis and diagonal (3**ndim block)."""
+    out = mask.copy()
+    for axis in range(1, mask.ndim):
+        lead = (slice(None),) * axis
+        grown = out.copy()
+        grown[(*lead, slice(1, None))] |= out[(*lead, slice(None, -1))]
+        grown[(*lead, slice(None, -1))] |= out[(*lead, slice(1, None))]
+        out = grown
+    return out
+
+
+def _pathfinder_attempt(rng, labels, size, ndim, params):
+    """One try for every sample: (images uint8 [n, 2, ...], ok bool [n])."""
+    n, shape, margin = len(labels), (size,) * ndim, 2.0
+    steps = max(4, int(params["length"] * size))
+    starts = rng.uniform(margin, size - 1 - margin, size=(n, params["paths"], ndim))
+    walks = [_walk(rng, starts[:, p], steps, params["turn"], size) for p in range(params["paths"])]
+    first, last = walks[0][:, 0], walks[0][:, -1]
+    # Path 1 starts as far from path 0's start as path 0's own end is, in a random
+    # direction that stays inside the image (both labels: same geometry).
+    distance = np.linalg.norm(last - first, axis=-1)
+    tries = first[:, None] + distance[:, None, None] * _unit(rng, (n, 16, ndim))
+    inside = ((tries >= margin) & (tries <= size - 1 - margin)).all(-1)
+    ok = inside.any(axis=1)
+    start = np.clip(tries[np.arange(n), inside.argmax(axis=1)], 0, size - 1)  # (ok=False: redrawn)
+    walks[1] = _walk(rng, start, steps, params["turn"], size)
+    second = np.where((labels == 1)[:, None], last, walks[1][:, 0])
+    paths = [_raster(w, shape) for w in walks]
+    marker_a, marker_b = _blocks(first, shape, 1), _blocks(second, shape, 1)
+    positive = (labels == 1).reshape(-1, *[1] * ndim)
+    marked = paths[0] | marker_a | (marker_b & positive)
+    others = np.logical_or.reduce(paths[1:]) | (marker_b & ~positive)
+    # The marked path must not touch any other path: connectivity then decides the label.
+    ok &= ~(_dilate(marked) & others).reshape(n, -1).any(axis=1)
+    images = np.stack([np.logical_or.reduce(paths), marker_a | marker_b], axis=1)
+    return images.astype(np.uint8), ok
 
 
 def pathfinder(
@@ -66,11 +111,12 @@ def pathfinder(
     """Pathfinder in ``ndim`` dimensions: are the two markers ends of the same path?
 
     Returns images uint8 [n, 2, size, ..., size] (channel 0: paths, channel 1: the
-    two markers) and labels int64 [n] (1: same path). All samples draw the same
-    number of smooth random-walk paths. Label 1 puts the markers on both ends of
-    path 0. Label 0 puts one marker on the start of path 0 and the other on the
-    start of path 1, which is placed at the distance that path 0's own two ends
-    have, so the marker distance says nothing about the label.
+    two markers, 3**ndim blocks) and labels int64 [n] (1: same path). Every sample
+    has the same number of smooth random-walk paths; path 1 starts as far from path
+    0's start as path 0's end is. Label 1 marks both ends of path 0; label 0 marks
+    the start of path 0 and the start of path 1. So the markers' distance and the
+    picture's statistics are the same for both labels, and samples where the marked
+    path touches another path are drawn again: only following the path decides.
     """
     if level not in PATHFINDER_LEVELS:
         raise ValueError(
@@ -78,27 +124,20 @@ def pathfinder(
         )
     params = PATHFINDER_LEVELS[level]
     rng = np.random.default_rng(seed)
-    steps = max(4, int(params["length"] * size))
-    margin = 2.0
-    starts = rng.uniform(margin, size - 1 - margin, size=(n, params["paths"], ndim))
     labels = rng.integers(0, 2, size=n)
-    walks = _walk(rng, starts, steps, params["turn"], size)  # [n, paths, steps+1, ndim]
-    first, last = walks[:, 0, 0], walks[:, 0, -1]
-    # For label 0, path 1 starts where path 0's end would be if turned by a random
-    # direction around path 0's start: same marker distance, different path.
-    distance = np.linalg.norm(last - first, axis=-1, keepdims=True)
-    moved = first + distance * _unit(rng, first.shape)
-    moved = np.abs(moved)  # reflect into the image
-    moved = np.where(moved > size - 1, 2 * (size - 1) - moved, moved).clip(0, size - 1)
-    negative = labels == 0
-    walks[negative, 1] = _walk(rng, moved[negative], steps, params["turn"], size)
     images = np.zeros((n, 2, *[size] * ndim), dtype=np.uint8)
-    cells = np.rint(walks).astype(np.int64).reshape(n, -1, ndim)
-    sample = np.repeat(np.arange(n), cells.shape[1])
-    images[(sample, 0, *cells.reshape(-1, ndim).T)] = 1
-    second = np.where(negative[:, None], walks[:, 1, 0], last)
-    markers = np.rint(np.stack([first, second], axis=1)).astype(np.int64)
-    _stamp(images[:, 1], markers, radius=1)
+    pending = np.arange(n)
+    for _ in range(200):
+        attempt, ok = _pathfinder_attempt(rng, labels[pending], size, ndim, params)
+        images[pending[ok]] = attempt[ok]
+        pending = pending[~ok]
+        if not pending.size:
+            break
+    else:
+        raise ValueError(
+            f"pathfinder: could not place non-touching paths at size {size} in {ndim}-D"
+            f" (level {level!r}); use a larger size"
+        )
     return images, labels.astype(np.int64)
 
 
