@@ -81,9 +81,9 @@ def test_model_errors_name_the_problem():
         create_model("vit-huge")
     with pytest.raises(ValueError, match=r"unknown model config keys \['widht'\]"):
         create_model("vit-tiny", widht=3)
-    with pytest.raises(ValueError, match="pattern.*window"):
+    with pytest.raises(ValueError, match=r"pattern.*window"):
         create_model("vit-tiny", pattern="window(")
-    with pytest.raises(ValueError, match="heads .* one entry per stage"):
+    with pytest.raises(ValueError, match=r"heads .* one entry per stage"):
         create_model("hvit-tiny", heads=(1, 2))
     model = create_model("vit-tiny", depth=1, dim=32, heads=2, ndim=3, in_chans=2)
     with pytest.raises(ValueError, match=r"expects \[B, in_chans=2, 3 spatial axes\]"):

@@ -162,5 +162,5 @@ def test_bad_user_data_is_a_clear_error(tmp_path):
     arrays = dict(np.load(write_npz(tmp_path / "b2.npz")))
     arrays["val_images"] = arrays["val_images"][:, :5]
     np.savez(tmp_path / "b2.npz", **arrays)
-    with pytest.raises(ValueError, match="val_images .* do not match train_images"):
+    with pytest.raises(ValueError, match=r"val_images .* do not match train_images"):
         load_data(tmp_path / "b2.npz")

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import ndformer
 from ndformer.cli import build_app
-from ndformer.train import TrainConfig, TrainingError, accuracy_score, fit, load, miou_score
-from ndformer.train import checkpoint as checkpoint_module
+from ndformer.train import TrainConfig, TrainingError, accuracy_score, fit, miou_score
+from ndformer.train import checkpoint as checkpoint_module  # where atomic_write is looked up
 from ndformer.train.metrics import confusion
 
 TINY = dict(depth=1, dim=16, heads=2, patch=2)
@@ -201,3 +201,34 @@ def test_vit_tiny_reaches_95_percent_on_digits(tmp_path):
     config = TrainConfig(task="digits", model="vit-tiny", steps=600, batch_size=64, lr=1e-3)
     result = fit(config, tmp_path / "digits", progress=False)
     assert result.score.value >= 0.95, result.score
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = str(blobs_npz(tmp_path / "blobs.npz"))
+    fields = dict(data=data, overrides=TINY, steps=300, batch_size=16, eval_every=5,
+                  eval_samples=8)  # fmt: skip
+    script = (
+        "import sys, json; from ndformer.train import TrainConfig, fit;"
+        "fit(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2], progress=False)"
+    )
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(fields), str(out)],
+                               env=dict(os.environ))  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "state.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = torch.load(out / "state.pt", weights_only=False)["step"]
+    assert 0 < saved < fields["steps"], "the kill should land mid-run"
+    resumed = fit(TrainConfig(**fields), out, progress=False, resume=True)
+    straight = fit(TrainConfig(**fields), tmp_path / "straight", progress=False)
+    a, b = weights(straight.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)

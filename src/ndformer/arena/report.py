@@ -123,8 +123,9 @@ def write_report(
         " interval over all test predictions of all seeds; mIoU: bootstrap). Train samples/s is"
         " measured over the training steps only; inference is the median forward time of one"
         " test batch; peak MiB is how far the training process's resident high-water mark rose"
-        " during training (above what it held before: the data and the library); attention GFLOP counts 4 * attended pairs * head_dim over heads and layers"
-        " for one sample, with pairs counted exactly from each pattern.",
+        " during training (above what it held before: the data and the library); attention"
+        " GFLOP counts 4 * attended pairs * head_dim over heads and layers for one sample,"
+        " with pairs counted exactly from each pattern.",
         "",
         "| pattern | metric (95% CI) | steps | train samples/s | inference ms"
         " | peak MiB | attention GFLOP/sample | params |",

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .._io import run_json_worker
 
 #: The default arena: a long-range task where local patterns are at a disadvantage,
 #: a small transformer, and a budget that fits 10 minutes on 2 CPU cores.
@@ -74,19 +72,10 @@ class ArenaConfig:
 
 
 def _run_worker(request: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ)
-    completed = subprocess.run(
-        [sys.executable, "-m", "ndformer.arena.measure"],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if completed.returncode != 0:
-        tail = completed.stderr.strip().splitlines()[-3:]
-        return dict(error=" / ".join(tail) or f"worker exit {completed.returncode}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    try:
+        return run_json_worker("ndformer.arena.measure", request)
+    except RuntimeError as error:
+        return dict(error=str(error))
 
 
 def run_arena(

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from .._checks import check_int
+from .._io import run_json_worker
 from ..layout import Grid
 from ..patterns import pattern as parse_pattern
 from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
@@ -138,19 +137,7 @@ def _admit(case: Case, config: BenchConfig, peak_gflops: float) -> Row:
 
 def run_worker(case: Case, timeout: float = 900.0) -> dict:
     """Measure ``case`` in a fresh Python process; raises RuntimeError with its last error line."""
-    fields = asdict(case)
-    proc = subprocess.run(
-        [sys.executable, "-m", "ndformer.bench.worker"],
-        input=json.dumps(fields),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise RuntimeError(reason)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_worker("ndformer.bench.worker", asdict(case), timeout)
 
 
 def run_rows(
