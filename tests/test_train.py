@@ -232,3 +232,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     straight = fit(TrainConfig(**fields), tmp_path / "straight", progress=False)
     a, b = weights(straight.model), weights(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_segmentation_runs_end_to_end_with_miou(tmp_path):
+    config = TrainConfig(task="scenes3d-12", overrides=TINY, steps=2, batch_size=4, eval_samples=4)
+    result = fit(config, tmp_path / "seg", progress=False)
+    assert result.score.metric == "miou" and 0 <= result.score.low <= result.score.high <= 1
