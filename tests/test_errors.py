@@ -143,6 +143,8 @@ def test_module_errors_name_the_problem():
         RoPE(8, 2)(torch.randn(5, 8), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="dim=30 must be divisible by heads=4"):
         Attention(30, 4)
+    with pytest.raises(ValueError, match="qk_dim=6 must be divisible by heads=4"):
+        Attention(32, 4, qk_dim=6)
     with pytest.raises(ValueError, match="too small for ndim=4"):
         Attention(24, 4, ndim=4)  # head_dim 6, but one rotation pair per axis needs 8
     with pytest.raises(ValueError, match=r"Attention expects \[B, \*grid, dim=32\]"):

@@ -13,9 +13,11 @@ from ndformer.patterns import HeadSplit, Neighborhood, Stripe, Window
 def manual_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
     """The module's computation written out with a dense mask."""
     b, grid = x.shape[0], Grid(tuple(x.shape[1:-1]))
-    qkv = module.qkv(x.reshape(b, -1, module.dim)).view(b, -1, 3, module.heads, module.head_dim)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
-    rope = RoPE(module.head_dim, grid.ndim)
+    qkv = module.qkv(x.reshape(b, -1, module.dim))
+    e = module.qk_dim
+    q, k, v = qkv[..., :e], qkv[..., e : 2 * e], qkv[..., 2 * e :]
+    q, k, v = (t.reshape(b, t.shape[1], module.heads, -1).transpose(1, 2) for t in (q, k, v))
+    rope = RoPE(module.qk_head_dim, grid.ndim)
     q, k = rope(q, grid.coords), rope(k, grid.coords)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=module.pattern.mask(grid, module.heads))
     return module.proj(out.transpose(1, 2).reshape(x.shape))
@@ -31,10 +33,13 @@ def manual_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
     ],
     ids=str,
 )
-def test_attention_equals_its_dense_definition(shape, pattern):
+@pytest.mark.parametrize("qk_fraction", [1.0, 0.5])
+def test_attention_equals_its_dense_definition(shape, pattern, qk_fraction):
     torch.manual_seed(0)
     ndim = len(shape)
-    module = Attention(8 * ndim, heads=2, pattern=pattern).double()
+    qk_dim = int(8 * ndim * qk_fraction)  # 0.5: compressed query/key channels (S2AFormer)
+    module = Attention(8 * ndim, heads=2, pattern=pattern, qk_dim=qk_dim).double()
+    assert module.qkv.out_features == 2 * qk_dim + 8 * ndim
     x = torch.randn(2, *shape, 8 * ndim, dtype=torch.float64, requires_grad=True)
     out = module(x)
     assert out.shape == x.shape

@@ -21,7 +21,9 @@ class Attention(nn.Module):
     coordinates (``rope=True``) and attend through ``ndformer.attend``.
     ``pattern`` takes a ``Pattern`` or a spec string. ``ndim`` is optional; given,
     the RoPE split of ``head_dim`` is validated at construction instead of at the
-    first call.
+    first call. ``qk_dim`` (default ``dim``) sets the query/key channels over all
+    heads independently of the value channels: smaller ``qk_dim`` compresses the
+    score computation (S2AFormer-style channel compression).
     """
 
     def __init__(
@@ -35,18 +37,22 @@ class Attention(nn.Module):
         ndim: int | None = None,
         rope_base: float = 10000.0,
         backend: Backend = "auto",
+        qk_dim: int | None = None,
     ) -> None:
         super().__init__()
         check_int("Attention dim", dim, minimum=1)
         check_int("Attention heads", heads, minimum=1)
-        if dim % heads:
-            raise ValueError(f"Attention dim={dim} must be divisible by heads={heads}")
+        qk_dim = dim if qk_dim is None else check_int("Attention qk_dim", qk_dim, minimum=1)
+        for name, value in (("dim", dim), ("qk_dim", qk_dim)):
+            if value % heads:
+                raise ValueError(f"Attention {name}={value} must be divisible by heads={heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.qk_dim, self.qk_head_dim = qk_dim, qk_dim // heads
         self.pattern = parse_pattern(pattern)
         self.rope, self.rope_base, self.backend = rope, rope_base, backend
         if rope and ndim is not None:
-            RoPE(self.head_dim, ndim, rope_base)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+            RoPE(self.qk_head_dim, ndim, rope_base)
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,16 +60,22 @@ class Attention(nn.Module):
             raise ValueError(f"Attention expects [B, *grid, dim={self.dim}], got {tuple(x.shape)}")
         batch, grid = x.shape[0], Grid(tuple(x.shape[1:-1]))
         qkv = self.qkv(x.reshape(batch, -1, self.dim))
-        q, k, v = qkv.view(batch, -1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, heads, N, channels]
+            for part in qkv.split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
+        )
         if self.rope:
-            rope = RoPE(self.head_dim, grid.ndim, self.rope_base)
+            rope = RoPE(self.qk_head_dim, grid.ndim, self.rope_base)
             positions = grid.coords_on(x.device)
             q, k = rope(q, positions), rope(k, positions)
         out = attend(q, k, v, self.pattern, grid, backend=self.backend)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
+        qk = f", qk_dim={self.qk_dim}" if self.qk_dim != self.dim else ""
+        return (
+            f"dim={self.dim}{qk}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
+        )
 
 
 class Mlp(nn.Module):
