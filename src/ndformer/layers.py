@@ -73,9 +73,7 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         qk = f", qk_dim={self.qk_dim}" if self.qk_dim != self.dim else ""
-        return (
-            f"dim={self.dim}{qk}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
-        )
+        return f"dim={self.dim}{qk}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
 
 
 class Mlp(nn.Module):
