@@ -17,7 +17,7 @@ from .kernels import (
     tiled_attention,
 )
 from .layout import Grid, as_layout
-from .patterns import HeadSplit, Pattern, Separable
+from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
 from .patterns import pattern as parse_pattern
 from .patterns.axis import AllRule
 
@@ -100,9 +100,15 @@ def attend(
     tiles = _tile(tile, layout)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
-    if backend == "reference":
-        return reference_attention(q, k, v, pattern, layout, scale)
-    if isinstance(pattern, HeadSplit) and backend in ("auto", "tiled"):
+    if isinstance(pattern, KeySetPattern):
+        if backend == "reference":
+            return pattern.reference(q, k, v, layout, scale)
+        if backend != "auto":
+            raise ValueError(
+                f"{pattern!r} is not a mask pattern: use backend 'auto' or 'reference'"
+            )
+        return pattern.fast(q, k, v, layout, scale)
+    if isinstance(pattern, HeadSplit) and (backend in ("auto", "tiled") or not pattern.is_mask):
         outputs = []
         for part, (start, stop) in zip(
             pattern.patterns, pattern.head_groups(q.shape[1]), strict=True
@@ -122,6 +128,8 @@ def attend(
                     )
                 )
         return torch.cat(outputs, dim=1)
+    if backend == "reference":
+        return reference_attention(q, k, v, pattern, layout, scale)
     if isinstance(pattern, Separable) and backend in ("auto", "tiled"):
         rules = pattern.axis_rules(layout)
         if backend == "auto" and all(isinstance(r, AllRule) for r in rules):

@@ -162,7 +162,7 @@ def pattern_view(
     else:
         query = parse_coords(query, layout)
         index = sum(c * math.prod(layout.shape[a + 1 :]) for a, c in enumerate(query))
-        rows = pattern.mask_rows(layout, torch.tensor([index]), heads)
+        rows = pattern.effective_rows(layout, torch.tensor([index]), heads)
         values = rows[head if rows.shape[0] > 1 else 0, 0].view(layout.shape)
     return PatternView(pattern, layout, head, heads, query, values, counts)
 

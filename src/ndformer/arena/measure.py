@@ -20,6 +20,7 @@ import torch
 
 from ..bench.measure import PeakMemory, pairs_per_head
 from ..layers import Attention
+from ..layout import Grid
 from ..models import NdModel
 from ..train import TrainConfig, build_for, fit, resolve_data
 from ..train.loop import batch_indices
@@ -44,8 +45,11 @@ def attention_gflop(model: NdModel, sample: torch.Tensor) -> float:
             hook.remove()
     total = 0.0
     for module, grid in grids:
-        pairs = pairs_per_head(repr(module.pattern), tuple(grid), module.heads)
-        total += 4.0 * sum(pairs) * module.head_dim
+        own = module.pattern.forward_flops(Grid(tuple(grid)), module.heads, module.head_dim)
+        if own is None:
+            pairs = pairs_per_head(repr(module.pattern), tuple(grid), module.heads)
+            own = 4.0 * sum(pairs) * module.head_dim
+        total += own
     return total / 1e9
 
 

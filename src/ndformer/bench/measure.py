@@ -65,8 +65,12 @@ def pairs_per_head(spec: str, shape: tuple[int, ...], heads: int) -> list[int]:
 
 
 def case_flops(case: Case, pairs: list[int]) -> float:
-    """4 * pairs * head_dim * batch summed over heads; x3 more (x4 in all) with backward."""
-    forward = 4.0 * sum(pairs) * case.head_dim * case.batch
+    """4 * pairs * head_dim * batch summed over heads (or the pattern's own count, e.g.
+    ``Linear``: 4 * N * head_dim**2 per head); x3 more (x4 in all) with backward."""
+    own = None
+    if case.reference is None:
+        own = parse_pattern(case.pattern).forward_flops(Grid(case.shape), case.heads, case.head_dim)
+    forward = (own if own is not None else 4.0 * sum(pairs) * case.head_dim) * case.batch
     return forward * (4.0 if case.backward else 1.0)
 
 

@@ -7,6 +7,7 @@ use the lower-case names in ``list_patterns()``.
 from .axis import AllRule, AxisRule, CausalRule, NeighborhoodRule, PartitionRule
 from .base import Pattern, Separable, list_patterns
 from .compose import HeadSplit, Intersection, Union
+from .keysets import HiLo, KeySetPattern, Linear, Pooled
 from .local import Axial, Causal, Full, Neighborhood, Stripe, Window
 from .spec import pattern
 
@@ -18,11 +19,15 @@ __all__ = [
     "CausalRule",
     "Full",
     "HeadSplit",
+    "HiLo",
     "Intersection",
+    "KeySetPattern",
+    "Linear",
     "Neighborhood",
     "NeighborhoodRule",
     "PartitionRule",
     "Pattern",
+    "Pooled",
     "Separable",
     "Stripe",
     "Union",

@@ -54,6 +54,8 @@ class Pattern:
 
     #: True if different heads may attend to different keys (e.g. ``HeadSplit``).
     head_dependent: bool = False
+    #: False for patterns defined by a formula over new keys (``Pooled``, ``Linear``).
+    is_mask: bool = True
 
     # -- the reference -------------------------------------------------------
     def check(self, layout: Grid) -> None:
@@ -62,6 +64,14 @@ class Pattern:
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
         """Bool mask rows for the given query token indices: [1 or heads, len(queries), N]."""
         raise NotImplementedError
+
+    def effective_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        """Like ``mask_rows``: the tokens each query's output depends on (for plots).
+
+        Equal to ``mask_rows`` for masks; for patterns over new keys (``Pooled``,
+        ``Linear``) the tokens feeding those keys.
+        """
+        return self.mask_rows(layout, queries, heads)
 
     def mask(self, layout: Grid, heads: int = 1) -> torch.Tensor:
         """The definition: bool [1 or heads, N, N], True where query i may attend to key j.
@@ -84,6 +94,10 @@ class Pattern:
             for rows in torch.arange(layout.num_tokens).split(rows_per_step)
         ]
         return torch.cat(steps, dim=-1)
+
+    def forward_flops(self, layout: Grid, heads: int, head_dim: int) -> float | None:
+        """Forward FLOPs of one sample if they are not 4 * pairs * head_dim (else None)."""
+        return None
 
     # -- tiled geometry for the generic block-sparse kernel ------------------
     def block_any(self, geometry: TileGeometry) -> torch.Tensor:

@@ -35,6 +35,11 @@ class _Combination(Pattern):
     def __init__(self, *parts: Pattern) -> None:
         flat: list[Pattern] = []
         for p in _check_parts(type(self).__name__, parts, 2):
+            if not p.is_mask:
+                raise ValueError(
+                    f"{type(self).__name__} combines masks key by key; {p!r} is not a mask"
+                    " (use HeadSplit to give it its own heads)"
+                )
             flat += p.parts if type(p) is type(self) else [p]
         object.__setattr__(self, "parts", tuple(flat))
 
@@ -146,6 +151,10 @@ class HeadSplit(Pattern):
             bounds = [math.floor(heads * c + 1e-9) for c in cumulative[:-1]] + [heads]
         return list(itertools.pairwise(bounds))
 
+    @property
+    def is_mask(self) -> bool:  # type: ignore[override]
+        return all(p.is_mask for p in self.patterns)
+
     def check(self, layout: Grid) -> None:
         for p in self.patterns:
             p.check(layout)
@@ -160,6 +169,9 @@ class HeadSplit(Pattern):
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
         return self._stack(heads, lambda p, h: p.mask_rows(layout, queries, h))
+
+    def effective_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        return self._stack(heads, lambda p, h: p.effective_rows(layout, queries, h))
 
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
         # Each head group counts with its own pattern (O(N) for separable parts).

@@ -1,0 +1,167 @@
+"""Patterns that change which keys exist: pooled keys and kernelized linear attention.
+
+They are not masks over the grid's tokens, so ``mask()`` refuses them. Each has a
+dense ``reference`` that defines it (N x N or N x blocks memory, for tests and
+small inputs) and a ``fast`` path that ``attend`` uses; tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import IntOrTuple, check_per_axis, per_axis
+from ..layout import Grid
+from ..tokens import patchify
+from .base import Pattern, format_call, register
+from .compose import HeadSplit
+from .local import Window
+
+
+class KeySetPattern(Pattern):
+    """Base of patterns defined by an attention formula rather than a mask."""
+
+    is_mask = False
+
+    def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        raise ValueError(
+            f"{self!r} is not a mask over the grid's tokens ({self.describe()}); attend()"
+            " computes it, and backend='reference' gives its dense definition"
+        )
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def effective_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        # Pooled and linear keys are built from every token: the output depends on all.
+        return torch.ones(1, len(queries), layout.num_tokens, dtype=torch.bool)
+
+    def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        """The definition, densely: q, k [B, h, N, E], v [B, h, N, Ev] -> [B, h, N, Ev]."""
+        raise NotImplementedError
+
+    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        """The fast path; equal to ``reference``."""
+        raise NotImplementedError
+
+
+@register("pooled")
+@dataclass(frozen=True, repr=False)
+class Pooled(KeySetPattern):
+    """Every query attends to the average-pooled keys and values of the non-overlapping
+    ``size`` blocks of the grid (PVT's spatial reduction). Border blocks average the
+    tokens they have. Exactly ``softmax(q . pool(K)^T * scale) . pool(V)``.
+    """
+
+    size: IntOrTuple
+
+    def __init__(self, size: IntOrTuple) -> None:
+        object.__setattr__(self, "size", check_per_axis("Pooled size", size, minimum=1))
+
+    def __repr__(self) -> str:
+        return format_call("pooled", (self.size,))
+
+    def describe(self) -> str:
+        return f"its keys are averages over {self.size} blocks"
+
+    def _sizes(self, layout: Grid) -> tuple[int, ...]:
+        return per_axis("Pooled size", self.size, layout.ndim)
+
+    def check(self, layout: Grid) -> None:
+        self._sizes(layout)
+
+    def blocks(self, layout: Grid) -> tuple[int, ...]:
+        """Number of blocks per axis."""
+        return tuple(-(-n // s) for n, s in zip(layout.shape, self._sizes(layout), strict=True))
+
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        return torch.full((1, layout.num_tokens), math.prod(self.blocks(layout)), dtype=torch.long)
+
+    def pooling_matrix(self, layout: Grid, dtype: torch.dtype, device) -> torch.Tensor:
+        """[blocks, N]: row m averages the tokens of block m (the definition of pooling)."""
+        sizes, blocks = self._sizes(layout), self.blocks(layout)
+        block_coords = layout.coords // torch.tensor(sizes)
+        strides = [math.prod(blocks[a + 1 :]) for a in range(layout.ndim)]
+        block_id = (block_coords * torch.tensor(strides)).sum(-1)
+        member = F.one_hot(block_id, math.prod(blocks)).T.to(dtype)
+        return (member / member.sum(-1, keepdim=True)).to(device)
+
+    def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        pool = self.pooling_matrix(layout, q.dtype, q.device)
+        scores = (q @ (pool @ k).transpose(-1, -2)) * scale
+        return scores.softmax(-1) @ (pool @ v)
+
+    def pool(self, x: torch.Tensor, layout: Grid) -> torch.Tensor:
+        """[B, h, N, E] -> [B, h, blocks, E]: block means, O(N) memory."""
+        b, h, _, e = x.shape
+        sizes = self._sizes(layout)
+        grid_first = x.reshape(b * h, *layout.shape, e).movedim(-1, 1)
+        sums = patchify(grid_first, sizes).unflatten(-1, (e, -1)).sum(-1)
+        ones = torch.ones(1, 1, *layout.shape, dtype=x.dtype, device=x.device)
+        counts = patchify(ones, sizes).sum(-1, keepdim=True)
+        return (sums / counts).reshape(b, h, -1, e)
+
+    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q, self.pool(k, layout), self.pool(v, layout), scale=scale
+        )
+
+
+FEATURES = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu}
+
+
+@register("linear")
+@dataclass(frozen=True, repr=False)
+class Linear(KeySetPattern):
+    """Kernelized linear attention (non-causal) with feature map phi = elu + 1 or relu:
+    ``out_i = phi(q_i) sum_j phi(k_j) v_j^T / max(phi(q_i) . sum_j phi(k_j), eps)``.
+
+    O(N) time and memory. ``scale`` does not enter (the formula has none); ``eps``
+    = 1e-6 only guards the all-zero denominators relu features can produce.
+    """
+
+    feature: str = "elu"
+    eps = 1e-6
+
+    def __init__(self, feature: str = "elu") -> None:
+        if feature not in FEATURES:
+            raise ValueError(f"Linear feature must be one of {sorted(FEATURES)}, got {feature!r}")
+        object.__setattr__(self, "feature", feature)
+
+    def __repr__(self) -> str:
+        return format_call("linear", (self.feature,) if self.feature != "elu" else ())
+
+    def describe(self) -> str:
+        return "it weighs every key by a kernel feature product, without a softmax"
+
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        return torch.full((1, layout.num_tokens), layout.num_tokens, dtype=torch.long)
+
+    def forward_flops(self, layout: Grid, heads: int, head_dim: int) -> float:
+        """phi(K)^T V and phi(Q) (phi(K)^T V): 2 * N * head_dim**2 each, per head."""
+        return 4.0 * layout.num_tokens * head_dim * head_dim * heads
+
+    def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        phi = FEATURES[self.feature]
+        weights = phi(q) @ phi(k).transpose(-1, -2)  # [B, h, N, N]
+        return (weights @ v) / weights.sum(-1, keepdim=True).clamp_min(self.eps)
+
+    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        phi = FEATURES[self.feature]
+        fq, fk = phi(q), phi(k)
+        context = fk.transpose(-1, -2) @ v  # [B, h, E, Ev]
+        norm = fq @ fk.sum(-2).unsqueeze(-1)  # [B, h, N, 1]
+        return (fq @ context) / norm.clamp_min(self.eps)
+
+
+@register("hilo")
+def HiLo(window: IntOrTuple, alpha: float = 0.5) -> Pattern:
+    """LITv2's HiLo: ``int(heads * alpha)`` heads attend to ``Pooled(window)`` (low
+    frequencies), the rest within ``Window(window)`` (high frequencies). A ``HeadSplit``.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"HiLo alpha must be in (0, 1), got {alpha}")
+    return HeadSplit(Pooled(window), Window(window), fractions=(alpha, 1 - alpha))

@@ -1,0 +1,124 @@
+"""Patterns that change which keys exist (Pooled, Linear, HiLo): fast path == definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ndformer import Grid, attend, pattern
+from ndformer.patterns import HeadSplit, HiLo, Linear, Pooled, Window
+from strategies import shapes
+
+
+def qkv(grid: Grid, heads: int, seed: int, ev: int = 6):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(2, heads, grid.num_tokens, 4)] * 2 + [(2, heads, grid.num_tokens, ev)]
+    return [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+
+def assert_fast_equals_reference(p, grid: Grid, heads: int, seed: int) -> None:
+    q, k, v = qkv(grid, heads, seed)
+    fast = attend(q, k, v, p, grid)
+    reference = attend(q, k, v, p, grid, backend="reference")
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(fast.shape, generator=torch.Generator().manual_seed(seed + 1),
+                          dtype=torch.float64)  # fmt: skip
+    got = torch.autograd.grad((fast * weights).sum(), (q, k, v))
+    want = torch.autograd.grad((reference * weights).sum(), (q, k, v))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_pooled_fast_path_equals_its_definition(shape, seed, data):
+    grid = Grid(shape)
+    sizes = data.draw(st.tuples(*[st.integers(1, n + 1) for n in grid.shape]))
+    assert_fast_equals_reference(Pooled(sizes), grid, heads=2, seed=seed)
+
+
+@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), feature=st.sampled_from(["elu", "relu"]))
+def test_linear_fast_path_equals_its_definition(shape, seed, feature):
+    grid = Grid(shape)
+    assert_fast_equals_reference(Linear(feature), grid, heads=2, seed=seed)
+
+
+@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_hilo_fast_path_equals_its_definition(shape, seed, data):
+    grid = Grid(shape)
+    window = data.draw(st.integers(1, max(grid.shape)))
+    alpha = data.draw(st.sampled_from([0.25, 0.5, 0.75]))
+    assert_fast_equals_reference(HiLo(window, alpha), grid, heads=4, seed=seed)
+
+
+def test_pooled_by_one_token_is_full_attention_and_one_block_is_the_mean():
+    grid = Grid((5, 6))
+    q, k, v = qkv(grid, 2, seed=0)
+    full = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attend(q, k, v, Pooled(1), grid), full)
+    one_block = attend(q, k, v, Pooled((5, 6)), grid)
+    torch.testing.assert_close(one_block, v.mean(-2, keepdim=True).expand_as(one_block))
+    # border blocks average only the tokens they have: 5 = 4 + 1 on axis 0
+    pooled = Pooled((4, 6)).pool(v.detach(), grid)
+    torch.testing.assert_close(pooled[:, :, 1], v.detach()[:, :, 24:].mean(-2))
+
+
+def test_linear_matches_the_formula_token_by_token():
+    grid = Grid((7,))
+    q, k, v = (t.detach() for t in qkv(grid, 1, seed=3))
+    phi = lambda x: F.elu(x) + 1  # noqa: E731
+    out = attend(q, k, v, Linear(), grid)
+    for i in range(7):
+        weights = [(phi(q[..., i, :]) * phi(k[..., j, :])).sum(-1) for j in range(7)]  # [B, h]
+        numerator = sum(w[..., None] * v[..., j, :] for j, w in enumerate(weights))
+        torch.testing.assert_close(out[..., i, :], numerator / sum(weights)[..., None])
+
+
+def test_hilo_gives_int_heads_alpha_heads_to_pooled():
+    split = HiLo(4, alpha=0.3)
+    assert isinstance(split, HeadSplit) and split.patterns == (Pooled(4), Window(4))
+    assert split.head_groups(8) == [(0, 2), (2, 8)]  # int(8 * 0.3) = 2 pooled heads
+    assert pattern("hilo(4, alpha=0.3)") == split
+
+
+def test_key_counts_and_clear_errors():
+    grid = Grid((5, 6))
+    assert Pooled(2).key_counts(grid).unique().tolist() == [3 * 3]
+    assert Linear().key_counts(grid).unique().tolist() == [30]
+    with pytest.raises(ValueError, match=r"pooled\(2\) is not a mask .* averages over 2 blocks"):
+        Pooled(2).mask(grid)
+    with pytest.raises(ValueError, match="is not a mask"):
+        HiLo(2).mask(grid, heads=2)
+    with pytest.raises(ValueError, match=r"Union combines masks key by key; linear is not a mask"):
+        Window(2) | Linear()
+    q, k, v = qkv(grid, 2, seed=0)
+    with pytest.raises(ValueError, match="use backend 'auto' or 'reference'"):
+        attend(q, k, v, Pooled(2), grid, backend="tiled")
+    with pytest.raises(ValueError, match="Linear feature must be one of"):
+        Linear("tanh")
+    with pytest.raises(ValueError, match="HiLo alpha must be in"):
+        HiLo(2, alpha=1.0)
+    with pytest.raises(ValueError, match="Pooled size has 3 entries"):
+        attend(q, k, v, Pooled((2, 2, 2)), grid)
+
+
+def test_bench_counts_linear_flops_by_its_own_formula():
+    from ndformer.bench.measure import Case, case_flops, pairs_per_head
+
+    linear = Case("linear", None, (4, 4), heads=4, head_dim=32)
+    pairs = pairs_per_head("linear", (4, 4), 4)
+    assert case_flops(linear, pairs) == 4 * 16 * 32 * 32 * 4
+    pooled = Case("pooled(2)", None, (4, 4), heads=4, head_dim=32)
+    assert case_flops(pooled, pairs_per_head("pooled(2)", (4, 4), 4)) == 4 * 16 * 4 * 32 * 4
+
+
+def test_show_draws_the_effective_key_set(tmp_path):
+    from ndformer.viz import pattern_view
+
+    low = pattern_view("hilo(4)", (8, 8), query=(1, 1), head=0, heads=2)
+    high = pattern_view("hilo(4)", (8, 8), query=(1, 1), head=1, heads=2)
+    assert bool(low.values.all())  # pooled head: every token feeds a pooled key
+    assert int(high.values.sum()) == 16  # window head: its 4x4 window
+    assert int(low.key_counts[0]) == 4 and int(high.key_counts[0]) == 16
