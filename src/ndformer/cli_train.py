@@ -11,7 +11,7 @@ import typer
 EXAMPLES_TRAIN = """
 Examples:
 
-  ndformer train --task digits --model vit-tiny --steps 600 --out runs/digits
+  ndformer train --task digits --model vit-tiny --steps 1000 --out runs/digits
 
   ndformer train --task pathfinder2d-32 --model vit-tiny --pattern "neighborhood(7)" --steps 2000 --out runs/x
 
