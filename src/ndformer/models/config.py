@@ -137,24 +137,20 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+_HVIT_TINY: dict[str, Any] = dict(
+    arch="hvit",
+    dim=96,
+    depth=(2, 2, 6, 2),
+    heads=(3, 6, 12, 24),
+    pattern=["window(7)", "window(7, shift=3)"],
+)
+
 #: Named configurations (timm-like sizes). Overrides go through ``create_model``.
 MODELS: dict[str, dict[str, Any]] = {
     "vit-tiny": dict(arch="vit", dim=192, depth=12, heads=3),
     "vit-small": dict(arch="vit", dim=384, depth=12, heads=6),
     "vit-base": dict(arch="vit", dim=768, depth=12, heads=12),
-    "hvit-tiny": dict(
-        arch="hvit",
-        dim=96,
-        depth=(2, 2, 6, 2),
-        heads=(3, 6, 12, 24),
-        pattern=["window(7)", "window(7, shift=3)"],
-    ),
-    "hvit-small": dict(
-        arch="hvit",
-        dim=96,
-        depth=(2, 2, 18, 2),
-        heads=(3, 6, 12, 24),
-        pattern=["window(7)", "window(7, shift=3)"],
-    ),
+    "hvit-tiny": _HVIT_TINY,
+    "hvit-small": {**_HVIT_TINY, "depth": (2, 2, 18, 2)},
     "conv-tiny": dict(arch="conv", dim=32, depth=(2, 2, 2, 2), heads=1, patch=2),
 }
