@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .._checks import IntOrTuple, check_per_axis, per_axis
 from ..layout import Grid
-from ..tokens import patchify
+from ..tokens import patchify, unpatchify
 from .base import Pattern, format_call, register
 from .compose import HeadSplit
 from .local import Window
@@ -108,6 +108,76 @@ class Pooled(KeySetPattern):
         return F.scaled_dot_product_attention(
             q, self.pool(k, layout), self.pool(v, layout), scale=scale
         )
+
+
+def _windows(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Tensor:
+    """[B, h, N, E] -> [B, h, windows, tokens per window, E] (zero-padded border windows)."""
+    b, h, _, e = x.shape
+    patches = patchify(x.reshape(b * h, *layout.shape, e).movedim(-1, 1), sizes)
+    return patches.reshape(b, h, -1, e, math.prod(sizes)).transpose(-1, -2)
+
+
+def _unwindow(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``_windows`` (padding cropped): -> [B, h, N, E]."""
+    b, h, _, _, e = x.shape
+    grid = [-(-n // s) for n, s in zip(layout.shape, sizes, strict=True)]
+    tokens = x.transpose(-1, -2).reshape(b * h, *grid, e * math.prod(sizes))
+    return unpatchify(tokens, sizes, layout.shape).movedim(1, -1).reshape(b, h, -1, e)
+
+
+@register("summary")
+@dataclass(frozen=True, repr=False)
+class Summary(KeySetPattern):
+    """One softmax over the keys of the query's own ``Window(window)`` and the pooled
+    keys / values of **every** ``block``-sized block (Combiner / FIT style: local detail
+    plus summaries of the whole grid). Defined on the duplicated key set
+    ``[K; pool(K)]`` with the window mask on the first N keys and every pooled key allowed.
+    """
+
+    window: IntOrTuple
+    block: IntOrTuple
+
+    def __init__(self, window: IntOrTuple, block: IntOrTuple) -> None:
+        object.__setattr__(self, "window", check_per_axis("Summary window", window, minimum=1))
+        object.__setattr__(self, "block", check_per_axis("Summary block", block, minimum=1))
+
+    def __repr__(self) -> str:
+        return format_call("summary", (self.window, self.block))
+
+    def describe(self) -> str:
+        return f"it adds the pooled keys of every {self.block} block to its window's keys"
+
+    def check(self, layout: Grid) -> None:
+        per_axis("Summary window", self.window, layout.ndim)
+        Pooled(self.block).check(layout)
+
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        local = Window(self.window).key_counts(layout)
+        return local + math.prod(Pooled(self.block).blocks(layout))
+
+    def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        pool = Pooled(self.block).pooling_matrix(layout, q.dtype, q.device)
+        keys, values = torch.cat((k, pool @ k), dim=-2), torch.cat((v, pool @ v), dim=-2)
+        local = Window(self.window).mask(layout).to(q.device)[0]
+        allowed = torch.cat((local, local.new_ones(layout.num_tokens, pool.shape[0])), dim=-1)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=scale)
+
+    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        sizes = per_axis("Summary window", self.window, layout.ndim)
+        sizes = tuple(min(s, n) for s, n in zip(sizes, layout.shape, strict=True))
+        pooled = Pooled(self.block)
+        kp, vp = pooled.pool(k, layout), pooled.pool(v, layout)  # [B, h, M, E]
+        qw, kw, vw = (_windows(x, layout, sizes) for x in (q, k, v))
+        count = qw.shape[2]
+        keys = torch.cat((kw, kp.unsqueeze(2).expand(-1, -1, count, -1, -1)), dim=-2)
+        values = torch.cat((vw, vp.unsqueeze(2).expand(-1, -1, count, -1, -1)), dim=-2)
+        ones = torch.ones(1, 1, layout.num_tokens, 1, dtype=q.dtype, device=q.device)
+        real = _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0  # [windows, tokens]
+        allowed = torch.cat((real, real.new_ones(count, kp.shape[-2])), dim=-1)
+        out = F.scaled_dot_product_attention(
+            qw, keys, values, attn_mask=allowed[:, None, :], scale=scale
+        )
+        return _unwindow(out, layout, sizes)
 
 
 FEATURES = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu}
