@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ndformer import Grid, attend, pattern
-from ndformer.patterns import HeadSplit, HiLo, Linear, Pooled, Summary, Window
+from ndformer.patterns import HeadSplit, HiLo, Linear, Pooled, Routing, Summary, Window
 from strategies import shapes
 
 
@@ -74,6 +74,26 @@ def test_summary_fast_path_equals_its_definition(shape, seed, data):
     assert_fast_equals_reference(Summary(window, block), grid, heads=2, seed=seed)
 
 
+@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_routing_fast_path_equals_its_definition(shape, seed, data):
+    grid = Grid(shape)
+    region = data.draw(st.tuples(*[st.integers(1, n + 1) for n in shape]))
+    regions = Pooled(tuple(min(r, n) for r, n in zip(region, shape))).blocks(grid)
+    topk = data.draw(st.integers(1, int(torch.tensor(regions).prod())))
+    assert_fast_equals_reference(Routing(region, topk), grid, heads=2, seed=seed)
+
+
+@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_routing_to_every_region_is_full_attention(shape, seed, data):
+    grid = Grid(shape)
+    region = data.draw(st.tuples(*[st.integers(1, n) for n in shape]))
+    regions = int(torch.tensor(Pooled(region).blocks(grid)).prod())
+    q, k, v = qkv(grid, 2, seed)
+    torch.testing.assert_close(
+        attend(q, k, v, Routing(region, regions), grid), F.scaled_dot_product_attention(q, k, v)
+    )
+
+
 def test_summary_over_the_whole_grid_with_one_token_blocks_is_one_softmax_over_both_copies():
     grid = Grid((4, 5))
     q, k, v = qkv(grid, 2, seed=1)
@@ -132,6 +152,10 @@ def test_key_counts_and_clear_errors():
         Linear("tanh")
     with pytest.raises(ValueError, match="HiLo alpha must be in"):
         HiLo(2, alpha=1.0)
+    with pytest.raises(ValueError, match=r"topk=10 exceeds the 9 regions of 2 on grid \(5, 6\)"):
+        attend(q, k, v, Routing(2, 10), grid)
+    with pytest.raises(ValueError, match="topk must be an int >= 1"):
+        Routing(2, 0)
     with pytest.raises(ValueError, match="Pooled size has 3 entries"):
         attend(q, k, v, Pooled((2, 2, 2)), grid)
 

@@ -7,7 +7,7 @@ use the lower-case names in ``list_patterns()``.
 from .axis import AllRule, AxisRule, CausalRule, NeighborhoodRule, PartitionRule
 from .base import Pattern, Separable, list_patterns
 from .compose import HeadSplit, Intersection, Union
-from .keysets import HiLo, KeySetPattern, Linear, Pooled, Summary
+from .keysets import HiLo, KeySetPattern, Linear, Pooled, Routing, Summary
 from .local import Axial, Causal, Full, Neighborhood, Stripe, Window
 from .spec import pattern
 
@@ -28,6 +28,7 @@ __all__ = [
     "PartitionRule",
     "Pattern",
     "Pooled",
+    "Routing",
     "Separable",
     "Stripe",
     "Summary",

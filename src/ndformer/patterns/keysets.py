@@ -180,6 +180,87 @@ class Summary(KeySetPattern):
         return _unwindow(out, layout, sizes)
 
 
+@register("routing")
+@dataclass(frozen=True, repr=False)
+class Routing(KeySetPattern):
+    """BiFormer's bi-level routing. Regions are the ``Window(region)`` blocks; a region's
+    descriptor is the mean of its queries (resp. keys); every query of region r attends,
+    in one softmax, to all tokens of the ``topk`` regions whose key descriptors have the
+    highest dot product with r's query descriptor (ties: lower region index first).
+    The selection is data-dependent and gets no gradient; the attention does.
+    """
+
+    region: IntOrTuple
+    topk: int
+
+    def __init__(self, region: IntOrTuple, topk: int) -> None:
+        object.__setattr__(self, "region", check_per_axis("Routing region", region, minimum=1))
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"Routing topk must be an int >= 1, got {topk!r}")
+        object.__setattr__(self, "topk", topk)
+
+    def __repr__(self) -> str:
+        return format_call("routing", (self.region, self.topk))
+
+    def describe(self) -> str:
+        return "its keys depend on the data: the top-k regions of each query's region"
+
+    def _sizes(self, layout: Grid) -> tuple[int, ...]:
+        sizes = per_axis("Routing region", self.region, layout.ndim)
+        return tuple(min(s, n) for s, n in zip(sizes, layout.shape, strict=True))
+
+    def check(self, layout: Grid) -> None:
+        regions = math.prod(Pooled(self._sizes(layout)).blocks(layout))
+        if self.topk > regions:
+            raise ValueError(
+                f"Routing topk={self.topk} exceeds the {regions} regions of {self.region}"
+                f" on grid {layout.shape}"
+            )
+
+    def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        """Upper bound (the selection depends on the data): topk full-size regions, capped at N."""
+        per_query = min(layout.num_tokens, self.topk * math.prod(self._sizes(layout)))
+        return torch.full((1, layout.num_tokens), per_query, dtype=torch.long)
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, layout: Grid) -> torch.Tensor:
+        """Routed regions [B, h, regions, topk] (no gradient)."""
+        with torch.no_grad():
+            pooled = Pooled(self._sizes(layout))
+            affinity = pooled.pool(q, layout) @ pooled.pool(k, layout).transpose(-1, -2)
+            order = torch.sort(affinity, dim=-1, descending=True, stable=True).indices
+        return order[..., : self.topk]
+
+    def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        sizes = self._sizes(layout)
+        strides = Pooled(sizes).blocks(layout)
+        block = layout.coords // torch.tensor(sizes)
+        region = block * torch.tensor([math.prod(strides[a + 1 :]) for a in range(layout.ndim)])
+        region = region.sum(-1).to(q.device)  # [N]
+        chosen = self.select(q, k, layout)  # [B, h, R, topk]
+        routed = (chosen[..., None] == region).any(-2)  # [B, h, R, N]: region r sees key j
+        allowed = routed[:, :, region]  # [B, h, N, N]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+
+    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        sizes = self._sizes(layout)
+        chosen = self.select(q, k, layout)
+        qw, kw, vw = (_windows(x, layout, sizes) for x in (q, k, v))  # [B, h, R, T, E]
+        count, tokens = kw.shape[2:4]
+
+        def gather(x: torch.Tensor) -> torch.Tensor:  # -> [B, h, R, topk * T, E]
+            index = chosen[..., None, None].expand(-1, -1, -1, -1, tokens, x.shape[-1])
+            picked = x.unsqueeze(2).expand(-1, -1, count, -1, -1, -1).gather(3, index)
+            return picked.flatten(3, 4)
+
+        ones = torch.ones(1, 1, layout.num_tokens, 1, dtype=q.dtype, device=q.device)
+        real = _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0  # [R, T]
+        allowed = real[chosen].flatten(-2)  # [B, h, R, topk * T]
+        out = F.scaled_dot_product_attention(
+            qw, gather(kw), gather(vw), attn_mask=allowed[..., None, :], scale=scale
+        )
+        return _unwindow(out, layout, sizes)
+
+
 FEATURES = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu}
 
 
