@@ -8,7 +8,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ndformer import Grid, attend
-from ndformer.patterns import Causal, HeadSplit, Neighborhood, Stripe, Window
+from ndformer.patterns import (
+    Causal,
+    HeadSplit,
+    HiLo,
+    Linear,
+    Neighborhood,
+    Pooled,
+    Routing,
+    Stripe,
+    Summary,
+    Window,
+)
 
 
 class LargestTensor(TorchDispatchMode):
@@ -36,6 +47,11 @@ class LargestTensor(TorchDispatchMode):
         (Window(6) | Stripe(1, 2), "auto"),
         (HeadSplit(Neighborhood(5), Causal(1)), "auto"),
         (Neighborhood(5), "blocksparse"),
+        (Pooled(4), "auto"),  # N * N/16 scores: the definition's own cost
+        (Summary(8, 8), "auto"),
+        (Routing(8, 4), "auto"),
+        (Linear(), "auto"),
+        (HiLo(8), "auto"),
     ],
     ids=repr,
 )

@@ -248,9 +248,9 @@ class Routing(KeySetPattern):
         count, tokens = kw.shape[2:4]
 
         def gather(x: torch.Tensor) -> torch.Tensor:  # -> [B, h, R, topk * T, E]
-            index = chosen[..., None, None].expand(-1, -1, -1, -1, tokens, x.shape[-1])
-            picked = x.unsqueeze(2).expand(-1, -1, count, -1, -1, -1).gather(3, index)
-            return picked.flatten(3, 4)
+            flat = chosen.flatten(2)[..., None, None].expand(-1, -1, -1, tokens, x.shape[-1])
+            picked = x.gather(2, flat)  # [B, h, R * topk, T, E]; backward scatters into x
+            return picked.unflatten(2, (count, self.topk)).flatten(3, 4)
 
         ones = torch.ones(1, 1, layout.num_tokens, 1, dtype=q.dtype, device=q.device)
         real = _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0  # [R, T]
