@@ -136,3 +136,29 @@ def test_upsampling_maps_each_fine_token_to_the_merged_token_covering_it(ndim, l
     assert up.shape == (1, *fine, 1)
     for p in itertools.islice(itertools.product(*[range(g) for g in fine]), 50):
         assert up[(0, *p, 0)] == x[(0, *[pi // factor for pi in p], 0)]
+
+
+def test_merged_attention_without_merges_equals_grid_attention():
+    from ndformer import Attention, Grid
+
+    torch.manual_seed(0)
+    attention = Attention(16, heads=2, pattern="full").double()
+    x = torch.randn(2, 5, 4, 16, dtype=torch.float64)
+    positions = Grid((5, 4)).coords.double().expand(2, -1, -1)
+    merged, _ = attention.forward_merged(
+        x.reshape(2, 20, 16), positions, torch.ones(2, 20).double()
+    )
+    torch.testing.assert_close(merged.reshape(x.shape), attention(x))
+
+
+@pytest.mark.parametrize("head", ["classification", "segmentation"])
+def test_token_merging_model_option(head):
+    model = create_model("vit-tiny", depth=3, dim=32, heads=2, patch=2, in_chans=1, num_classes=3,
+                         head=head, token_merging=4)  # fmt: skip
+    out = model(torch.randn(2, 1, 10, 12))
+    assert out.shape == ((2, 3) if head == "classification" else (2, 3, 10, 12))
+    assert ModelConfig.from_json(model.config.to_json()).token_merging == 4
+    with pytest.raises(ValueError, match="token_merging=4 needs arch 'vit' with full attention"):
+        create_model("vit-tiny", token_merging=4, pattern=["full", "neighborhood(3)"])
+    with pytest.raises(ValueError, match="needs arch 'vit'"):
+        create_model("hvit-tiny", token_merging=2, pattern="full")

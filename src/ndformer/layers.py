@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_int
@@ -70,6 +71,34 @@ class Attention(nn.Module):
             q, k = rope(q, positions), rope(k, positions)
         out = attend(q, k, v, self.pattern, grid, backend=self.backend)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+    def forward_merged(
+        self, x: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full attention over reduced tokens that no longer form a grid (ToMe).
+
+        x [B, N, dim], positions [B, N, ndim] (float: size-weighted mean coordinates),
+        sizes [B, N]. Proportional attention: log(size) of each key is added to the
+        logits, so a merged token weighs as much as the tokens it stands for. Returns
+        the output [B, N, dim] and the keys averaged over heads [B, N, qk_head_dim]
+        (the similarity metric for the next merge).
+        """
+        if not self.pattern.is_mask or repr(self.pattern) != "full":
+            raise ValueError(
+                f"token merging needs full attention: merged tokens no longer form a grid,"
+                f" and {self.pattern!r} is defined on a grid"
+            )
+        qkv = self.qkv(x)
+        q, k, v = (
+            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for part in qkv.split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
+        )
+        if self.rope:
+            rope = RoPE(self.qk_head_dim, positions.shape[-1], self.rope_base)
+            q, k = rope(q, positions), rope(k, positions)
+        bias = sizes.log().to(q.dtype)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(x.shape)), k.mean(1)
 
     def extra_repr(self) -> str:
         qk = f", qk_dim={self.qk_dim}" if self.qk_dim != self.dim else ""

@@ -21,7 +21,8 @@ class RoPE(nn.Module):
     integers or floats (e.g. scaled coordinates); the module has no parameters.
 
     Called as ``rope(x, positions)`` with ``x [..., N, head_dim]`` and
-    ``positions [N, ndim]``; returns a tensor shaped like ``x``.
+    ``positions [N, ndim]`` (or ``x [B, heads, N, head_dim]`` with per-sample
+    ``positions [B, N, ndim]``); returns a tensor shaped like ``x``.
     """
 
     def __init__(self, head_dim: int, ndim: int, base: float = 10000.0) -> None:
@@ -50,19 +51,25 @@ class RoPE(nn.Module):
             raise ValueError(
                 f"RoPE expects x [..., N, head_dim={self.head_dim}], got x {tuple(x.shape)}"
             )
-        if positions.dim() != 2 or positions.shape != (x.shape[-2], self.ndim):
+        batched = positions.dim() == 3 and x.dim() == 4 and positions.shape[0] == x.shape[0]
+        if positions.shape[-2:] != (x.shape[-2], self.ndim) or not (
+            positions.dim() == 2 or batched
+        ):
             raise ValueError(
                 f"RoPE positions must be [N, ndim] = [{x.shape[-2]}, {self.ndim}] for x"
-                f" {tuple(x.shape)}; got positions {tuple(positions.shape)}"
+                f" {tuple(x.shape)} (or [B, N, ndim] for x [B, heads, N, head_dim]);"
+                f" got positions {tuple(positions.shape)}"
             )
         compute = torch.promote_types(x.dtype, torch.float32)
-        angles = positions.to(compute)[:, :, None] * self.frequencies(x.device, compute)
+        angles = positions.to(compute)[..., None] * self.frequencies(x.device, compute)
         # Tables laid out like the channels [N, ndim, 2, per_axis / 2] -> [N, rotated]:
         # (first, second) -> (first cos - second sin, second cos + first sin), computed as
         # x * cos + swap(x) * signed_sin with swap exchanging the two halves of each axis.
-        cos = angles.cos().unsqueeze(-2).expand(-1, -1, 2, -1).flatten(-3)
+        cos = angles.cos().unsqueeze(-2).expand(*angles.shape[:-1], 2, -1).flatten(-3)
         sin = angles.sin()
         signed_sin = torch.stack((-sin, sin), dim=-2).flatten(-3)
+        if batched:  # per-sample positions [B, N, rotated] -> [B, 1, N, rotated]
+            cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)
         x_compute = x.to(compute)
         rotating = x_compute[..., : self.rotated]
         swapped = rotating.unflatten(-1, (self.ndim, 2, self.per_axis // 2)).flip(-2).flatten(-3)

@@ -45,6 +45,8 @@ class ModelConfig:
     - ``depth`` / ``heads``: ints for ``vit``; one entry per stage for ``hvit``/``conv``.
     - ``pattern``: a spec, or a list of specs cycled over the blocks (over the blocks
       of every stage for ``hvit``); ``stage_patterns`` sets one spec or list per stage.
+    - ``token_merging``: ToMe's r, tokens merged after every block (``vit`` with full
+      attention only: merged tokens no longer form a grid).
     """
 
     arch: str = "vit"
@@ -62,6 +64,7 @@ class ModelConfig:
     drop_path: float = 0.0
     rope: bool = True
     kernel: int = 3
+    token_merging: int = 0
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +99,16 @@ class ModelConfig:
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
         self.pattern = _spec_list("pattern", self.pattern)
+        check_int("token_merging", self.token_merging, minimum=0)
+        if self.token_merging:
+            specs = [self.pattern] if isinstance(self.pattern, str) else self.pattern
+            grid_only = [s for s in specs if repr(parse_pattern(s)) != "full"]
+            if self.arch != "vit" or grid_only:
+                raise ValueError(
+                    f"token_merging={self.token_merging} needs arch 'vit' with full attention:"
+                    f" merged tokens no longer form a grid, so grid patterns {grid_only} (arch"
+                    f" {self.arch!r}) cannot follow a merge"
+                )
         if self.stage_patterns is not None:
             if self.arch != "hvit" or len(self.stage_patterns) != self.num_stages:
                 raise ValueError(

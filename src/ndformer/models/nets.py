@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from ..layers import Block
+from ..layout import Grid
+from ..reduce import start_source, tome_merge, unmerge
 from ..tokens import PatchEmbed
 from .config import ModelConfig, PatternSpec
 from .parts import ConvBlock, Head, PatchMerging, upsample_nearest
@@ -90,7 +92,30 @@ class VisionTransformer(NdModel):
         self._make_head()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.blocks(self.patch_embed(x)))
+        x = self.patch_embed(x)
+        if self.config.token_merging:
+            return self.norm(self._merged_blocks(x))
+        return self.norm(self.blocks(x))
+
+    def _merged_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks with ToMe: after each block, merge ``token_merging`` tokens (fewer once
+        fewer than twice that many are left); positions merge as size-weighted means for
+        RoPE, attention is proportional; ``unmerge`` restores the grid at the end."""
+        batch, grid, dim = x.shape[0], x.shape[1:-1], x.shape[-1]
+        tokens = x.reshape(batch, -1, dim)
+        positions = Grid(tuple(grid)).coords_on(x.device).to(x.dtype).expand(batch, -1, -1)
+        sizes = torch.ones(tokens.shape[:2], dtype=x.dtype, device=x.device)
+        source = start_source(tokens)
+        for block in self.blocks:
+            out, keys = block.attn.forward_merged(block.norm1(tokens), positions, sizes)
+            tokens = tokens + block.drop_path(out)
+            tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)))
+            r = min(self.config.token_merging, tokens.shape[1] // 2)
+            both = torch.cat((tokens, positions), dim=-1)
+            merged = tome_merge(both, sizes, source, r, metric=keys)
+            tokens, positions = merged.tokens.split((dim, positions.shape[-1]), dim=-1)
+            sizes, source = merged.sizes, merged.source
+        return unmerge(tokens, source).reshape(x.shape)
 
 
 class HierarchicalNet(NdModel):
