@@ -183,13 +183,14 @@ def test_arena_writes_report_csv_and_pareto_plot(tmp_path):
     data = blobs_npz(tmp_path / "blobs.npz", n=(64, 16, 32))
     out = tmp_path / "arena"
     result = CliRunner().invoke(build_app(), ["arena", "--data", str(data), "--patterns", "full",
-                                "--patterns", "window(2)", "--steps", "3", "--overrides",
+                                "--patterns", "window(2)", "--steps", "3", "--token-merging", "4", "--overrides",
                                 json.dumps(TINY), "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = (out / "results.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("pattern,seed,metric,value,ci_low,ci_high")
+    assert len(rows) == 4 and rows[0].startswith("pattern,seed,metric,value,ci_low,ci_high")
     report = (out / "report.md").read_text()
     assert "| `full` |" in report and "| `window(2)` |" in report and "pareto.png" in report
+    assert "| `full + tome(4)` |" in report
     assert (out / "pareto.png").stat().st_size > 1000
     # full attention's FLOPs on a 6x6 token grid: 4 * 36 * 36 * head_dim 8 * 2 heads
     full = next(r for r in rows[1:] if r.startswith("full,"))

@@ -39,6 +39,8 @@ Examples:
 
   ndformer arena --task shapes3d-16 --patterns full "window(4)" --steps 800 --seeds 3
 
+  ndformer arena --model vit-tiny --overrides '{"patch": 2}' --patterns full --token-merging 8
+
   ndformer arena --data my_scans.npz --model hvit-tiny --patterns "window(4)" "window(7)"
 """
 
@@ -160,6 +162,10 @@ def register(app: typer.Typer, console, fail) -> None:
             typer.Option(help="Training minutes for the whole arena, split evenly. [default: 7.5]"),
         ] = None,
         seeds: Annotated[int, typer.Option(help="Runs per pattern.")] = 1,
+        token_merging: Annotated[
+            list[int] | None,
+            typer.Option(help="Also run full attention with ToMe merging R tokens per block."),
+        ] = None,
         out: Annotated[Path, typer.Option(help="Output folder.")] = Path("arena-results"),
     ) -> None:
         """Train one model with each pattern under the same budget; report accuracy vs cost.
@@ -172,7 +178,7 @@ def register(app: typer.Typer, console, fail) -> None:
         from .tasks import load_data, load_task
 
         try:
-            config = ArenaConfig(seeds=seeds, out=out)
+            config = ArenaConfig(seeds=seeds, out=out, token_merging=list(token_merging or []))
             if task or data:
                 config.task, config.data = task, None if data is None else str(data)
             if patterns:

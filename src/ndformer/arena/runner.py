@@ -34,6 +34,8 @@ class ArenaConfig:
     task: str | None = DEFAULT_TASK
     data: str | None = None
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    #: Extra entries: full attention with ToMe merging r tokens per block, one per r.
+    token_merging: list[int] = field(default_factory=list)
     model: str = DEFAULT_MODEL
     overrides: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_OVERRIDES))
     steps: int = DEFAULT_STEPS
@@ -50,19 +52,27 @@ class ArenaConfig:
             raise ValueError("arena needs at least one pattern")
         for spec in self.patterns:
             pattern(spec)
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.token_merging):
+            raise ValueError(f"token_merging values must be ints >= 1, got {self.token_merging}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         self.out = Path(self.out)
 
-    def train_config(self, spec: str, seed: int) -> dict[str, Any]:
+    def entries(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(label, pattern spec, extra model overrides) of every arena entry."""
+        plain = [(spec, spec, {}) for spec in self.patterns]
+        merging = [(f"full + tome({r})", "full", {"token_merging": r}) for r in self.token_merging]
+        return plain + merging
+
+    def train_config(self, spec: str, seed: int, extra: dict | None = None) -> dict[str, Any]:
         return dict(
             task=self.task,
             data=self.data,
             model=self.model,
             pattern=spec,
-            overrides=self.overrides,
+            overrides={**self.overrides, **(extra or {})},
             steps=self.steps,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -91,14 +101,14 @@ def run_arena(
 
     if config.task is not None:  # generate (and cache) the task once, before the workers
         load_task(config.task, seed=0, progress=True)
-    entries = [(spec, seed) for spec in config.patterns for seed in range(config.seeds)]
+    entries = [(e, seed) for e in config.entries() for seed in range(config.seeds)]
     budget = None if config.minutes is None else 60.0 * config.minutes / len(entries)
     rows: list[dict[str, Any]] = []
     try:
-        for number, (spec, seed) in enumerate(entries):
+        for number, ((label, spec, extra), seed) in enumerate(entries):
             if on_entry is not None:
-                on_entry(number, len(entries), spec, {})
-            run_dir = config.out / "runs" / f"{_slug(spec)}-seed{seed}"
+                on_entry(number, len(entries), label, {})
+            run_dir = config.out / "runs" / f"{_slug(label)}-seed{seed}"
             if run_dir.exists():
                 import shutil
 
@@ -106,13 +116,15 @@ def run_arena(
             started = time.perf_counter()
             result = _run_worker(
                 dict(
-                    config=config.train_config(spec, seed), out=str(run_dir), budget_seconds=budget
+                    config=config.train_config(spec, seed, extra),
+                    out=str(run_dir),
+                    budget_seconds=budget,
                 )
             )
-            row = dict(pattern=spec, seed=seed, seconds=time.perf_counter() - started, **result)
+            row = dict(pattern=label, seed=seed, seconds=time.perf_counter() - started, **result)
             rows.append(row)
             if on_entry is not None:
-                on_entry(number + 1, len(entries), spec, row)
+                on_entry(number + 1, len(entries), label, row)
     except KeyboardInterrupt:
         pass
     return rows
