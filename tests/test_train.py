@@ -182,9 +182,10 @@ def test_cli_reports_bad_input_clearly(tmp_path):
 def test_arena_writes_report_csv_and_pareto_plot(tmp_path):
     data = blobs_npz(tmp_path / "blobs.npz", n=(64, 16, 32))
     out = tmp_path / "arena"
-    result = CliRunner().invoke(build_app(), ["arena", "--data", str(data), "--patterns", "full",
-                                "--patterns", "window(2)", "--steps", "3", "--token-merging", "4", "--overrides",
-                                json.dumps(TINY), "--out", str(out)])  # fmt: skip
+    args = ["arena", "--data", str(data), "--patterns", "full", "--patterns", "window(2)",
+            "--steps", "3", "--token-merging", "4", "--overrides", json.dumps(TINY),
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("pattern,seed,metric,value,ci_low,ci_high")
