@@ -71,11 +71,17 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_to_overwrite(tmp_
         fit(changed, tmp_path / "run", progress=False, resume=True)
 
 
-def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+def stopped_after_two_of_six(tmp_path) -> TrainConfig:
+    """A 6-step run in tmp_path/run, stopped after its checkpoint at step 2."""
     data = str(blobs_npz(tmp_path / "blobs.npz"))
     config = TrainConfig(data=data, overrides=TINY, steps=6, batch_size=8, eval_every=2,
                          eval_samples=8)  # fmt: skip
     fit(config, tmp_path / "run", progress=False, stop_after=2)
+    return config
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    config = stopped_after_two_of_six(tmp_path)
     good_weights = (tmp_path / "run" / "model.safetensors").read_bytes()
     good_state = (tmp_path / "run" / "state.pt").read_bytes()
 
@@ -100,10 +106,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, mo
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    data = str(blobs_npz(tmp_path / "blobs.npz"))
-    config = TrainConfig(data=data, overrides=TINY, steps=6, batch_size=8, eval_every=2,
-                         eval_samples=8)  # fmt: skip
-    fit(config, tmp_path / "run", progress=False, stop_after=2)
+    config = stopped_after_two_of_six(tmp_path)
     before = (tmp_path / "run" / "state.pt").read_bytes()
     import torch.nn.functional as F
 
