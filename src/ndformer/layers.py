@@ -9,7 +9,7 @@ from torch import nn
 from ._checks import check_int
 from .attend import Backend, attend
 from .layout import Grid
-from .patterns import Pattern
+from .patterns import Full, Pattern
 from .patterns import pattern as parse_pattern
 from .position import RoPE
 
@@ -83,7 +83,7 @@ class Attention(nn.Module):
         the output [B, N, dim] and the keys averaged over heads [B, N, qk_head_dim]
         (the similarity metric for the next merge).
         """
-        if not self.pattern.is_mask or repr(self.pattern) != "full":
+        if self.pattern != Full():
             raise ValueError(
                 f"token merging needs full attention: merged tokens no longer form a grid,"
                 f" and {self.pattern!r} is defined on a grid"

@@ -30,6 +30,11 @@ def start_source(tokens: torch.Tensor) -> torch.Tensor:
     return torch.arange(n, device=tokens.device).expand(b, n)
 
 
+def _pick(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` [B, k] of ``x`` [B, N] or [B, N, C]."""
+    return x.gather(1, index if x.dim() == 2 else index[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def _weighted_into(
     base: torch.Tensor, base_sizes: torch.Tensor, index: torch.Tensor, extra, extra_sizes
 ):
@@ -73,13 +78,10 @@ def tome_merge(
     merged, kept = order[:, :r], order[:, r:].sort(dim=-1).values
     xa, sa, xb, sb = tokens[:, 0::2], sizes[:, 0::2], tokens[:, 1::2], sizes[:, 1::2]
 
-    def pick(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return x.gather(1, index if x.dim() == 2 else index[..., None].expand(-1, -1, x.shape[-1]))
-
     into = partner.gather(1, merged)
-    xb, sb = _weighted_into(xb, sb, into, pick(xa, merged), pick(sa, merged))
-    out_tokens = torch.cat((pick(xa, kept), xb), dim=1)
-    out_sizes = torch.cat((pick(sa, kept), sb), dim=1)
+    xb, sb = _weighted_into(xb, sb, into, _pick(xa, merged), _pick(sa, merged))
+    out_tokens = torch.cat((_pick(xa, kept), xb), dim=1)
+    out_sizes = torch.cat((_pick(sa, kept), sb), dim=1)
     # Where each current token goes: kept A -> its rank among the kept, merged A -> its
     # partner in B, B token j -> (number kept) + j.
     kept_count = a_count - r
@@ -103,22 +105,19 @@ def evit_fuse(
 
     ``attention`` [B, N] is how much attention each token receives (e.g. the mean
     attention weight over heads and queries). The dropped tokens become one token,
-    their size-weighted mean (weighted additionally by nothing else, so the
-    size-weighted sum is conserved), appended after the kept tokens (kept in order).
+    their size-weighted mean (so the size-weighted sum is conserved), appended after
+    the kept tokens (kept in order).
     """
-    b, n, c = tokens.shape
+    b, n = tokens.shape[:2]
     if not 1 <= keep < n:
         raise ValueError(f"EViT keep={keep} must be in [1, {n - 1}] for {n} tokens")
     order = torch.sort(attention, dim=-1, descending=True, stable=True).indices
     kept, dropped = order[:, :keep].sort(dim=-1).values, order[:, keep:]
 
-    def pick(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return x.gather(1, index if x.dim() == 2 else index[..., None].expand(-1, -1, c))
-
-    ds = pick(sizes, dropped)
-    fused = (pick(tokens, dropped) * ds[..., None]).sum(1, keepdim=True) / ds.sum(1)[:, None, None]
-    out_tokens = torch.cat((pick(tokens, kept), fused), dim=1)
-    out_sizes = torch.cat((pick(sizes, kept), ds.sum(1, keepdim=True)), dim=1)
+    ds = _pick(sizes, dropped)
+    fused = (_pick(tokens, dropped) * ds[..., None]).sum(1, keepdim=True) / ds.sum(1)[:, None, None]
+    out_tokens = torch.cat((_pick(tokens, kept), fused), dim=1)
+    out_sizes = torch.cat((_pick(sizes, kept), ds.sum(1, keepdim=True)), dim=1)
     new_index = torch.full((b, n), keep, dtype=torch.long, device=tokens.device)
     new_index.scatter_(1, kept, torch.arange(keep, device=tokens.device).expand(b, -1))
     return Reduced(out_tokens, out_sizes, new_index.gather(1, source))

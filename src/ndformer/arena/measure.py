@@ -22,6 +22,7 @@ from ..bench.measure import PeakMemory, pairs_per_head
 from ..layers import Attention
 from ..layout import Grid
 from ..models import NdModel
+from ..tasks import TaskData
 from ..train import TrainConfig, build_for, fit, resolve_data
 from ..train.loop import batch_indices
 
@@ -74,9 +75,8 @@ def inference_ms(model: NdModel, batch: torch.Tensor, repeats: int = 7) -> float
     return 1e3 * statistics.median(times[1:])
 
 
-def steps_for_budget(config: TrainConfig, seconds: float) -> int:
+def steps_for_budget(config: TrainConfig, data: TaskData, seconds: float) -> int:
     """Training steps that fit ``seconds``, from timing a few steps of a throwaway copy."""
-    data = resolve_data(config)
     model = build_for(config, data)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
@@ -96,9 +96,9 @@ def steps_for_budget(config: TrainConfig, seconds: float) -> int:
 def run_entry(config: dict[str, Any], out: str, budget_seconds: float | None = None) -> dict:
     """Train one arena entry and measure it; returns a JSON-able dict."""
     train_config = TrainConfig(**config)
-    if budget_seconds is not None:
-        train_config.steps = steps_for_budget(train_config, budget_seconds)
     data = resolve_data(train_config)
+    if budget_seconds is not None:
+        train_config.steps = steps_for_budget(train_config, data, budget_seconds)
     with PeakMemory("cpu") as peak:
         result = fit(train_config, Path(out), data=data, progress=False)
     model = result.model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,8 +111,6 @@ def run_arena(
                 on_entry(number, len(entries), label, {})
             run_dir = config.out / "runs" / f"{_slug(label)}-seed{seed}"
             if run_dir.exists():
-                import shutil
-
                 shutil.rmtree(run_dir)
             started = time.perf_counter()
             result = _run_worker(

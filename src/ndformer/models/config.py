@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._checks import check_int, check_per_axis
-from ..patterns import Pattern
+from ..patterns import Full, Pattern
 from ..patterns import pattern as parse_pattern
 
 ARCHS = ("vit", "hvit", "conv")
@@ -102,7 +102,7 @@ class ModelConfig:
         check_int("token_merging", self.token_merging, minimum=0)
         if self.token_merging:
             specs = [self.pattern] if isinstance(self.pattern, str) else self.pattern
-            grid_only = [s for s in specs if repr(parse_pattern(s)) != "full"]
+            grid_only = [s for s in specs if parse_pattern(s) != Full()]
             if self.arch != "vit" or grid_only:
                 raise ValueError(
                     f"token_merging={self.token_merging} needs arch 'vit' with full attention:"

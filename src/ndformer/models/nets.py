@@ -41,7 +41,7 @@ class NdModel(nn.Module):
 
     def _make_head(self) -> None:
         c = self.config
-        self.head = Head(self.num_features, c.num_classes, c.head, self.config.patch_tuple)
+        self.head = Head(self.num_features, c.num_classes, c.head, c.patch_tuple)
 
     def check_input(self, x: torch.Tensor, name: str = "input") -> None:
         """Raise ``ValueError`` if ``x`` is not [B, in_chans, *spatial] with ``ndim`` axes."""
@@ -66,7 +66,7 @@ class NdModel(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0: features only)."""
         self.config.num_classes = self.num_classes = num_classes
-        self.head = Head(self.num_features, num_classes, self.config.head, self.config.patch_tuple)
+        self._make_head()
 
 
 class VisionTransformer(NdModel):

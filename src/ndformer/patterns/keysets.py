@@ -80,13 +80,15 @@ class Pooled(KeySetPattern):
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
         return torch.full((1, layout.num_tokens), math.prod(self.blocks(layout)), dtype=torch.long)
 
+    def block_ids(self, layout: Grid) -> torch.Tensor:
+        """[N]: the row-major index of the block each token belongs to."""
+        blocks = self.blocks(layout)
+        strides = [math.prod(blocks[a + 1 :]) for a in range(layout.ndim)]
+        return (layout.coords // torch.tensor(self._sizes(layout)) * torch.tensor(strides)).sum(-1)
+
     def pooling_matrix(self, layout: Grid, dtype: torch.dtype, device) -> torch.Tensor:
         """[blocks, N]: row m averages the tokens of block m (the definition of pooling)."""
-        sizes, blocks = self._sizes(layout), self.blocks(layout)
-        block_coords = layout.coords // torch.tensor(sizes)
-        strides = [math.prod(blocks[a + 1 :]) for a in range(layout.ndim)]
-        block_id = (block_coords * torch.tensor(strides)).sum(-1)
-        member = F.one_hot(block_id, math.prod(blocks)).T.to(dtype)
+        member = F.one_hot(self.block_ids(layout), math.prod(self.blocks(layout))).T.to(dtype)
         return (member / member.sum(-1, keepdim=True)).to(device)
 
     def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
@@ -115,6 +117,12 @@ def _windows(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Ten
     b, h, _, e = x.shape
     patches = patchify(x.reshape(b * h, *layout.shape, e).movedim(-1, 1), sizes)
     return patches.reshape(b, h, -1, e, math.prod(sizes)).transpose(-1, -2)
+
+
+def _real_slots(layout: Grid, sizes: tuple[int, ...], device) -> torch.Tensor:
+    """Bool [windows, tokens per window]: False for the padding of border windows."""
+    ones = torch.ones(1, 1, layout.num_tokens, 1, device=device)
+    return _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0
 
 
 def _unwindow(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Tensor:
@@ -171,8 +179,7 @@ class Summary(KeySetPattern):
         count = qw.shape[2]
         keys = torch.cat((kw, kp.unsqueeze(2).expand(-1, -1, count, -1, -1)), dim=-2)
         values = torch.cat((vw, vp.unsqueeze(2).expand(-1, -1, count, -1, -1)), dim=-2)
-        ones = torch.ones(1, 1, layout.num_tokens, 1, dtype=q.dtype, device=q.device)
-        real = _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0  # [windows, tokens]
+        real = _real_slots(layout, sizes, q.device)
         allowed = torch.cat((real, real.new_ones(count, kp.shape[-2])), dim=-1)
         out = F.scaled_dot_product_attention(
             qw, keys, values, attn_mask=allowed[:, None, :], scale=scale
@@ -231,11 +238,7 @@ class Routing(KeySetPattern):
         return order[..., : self.topk]
 
     def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        sizes = self._sizes(layout)
-        strides = Pooled(sizes).blocks(layout)
-        block = layout.coords // torch.tensor(sizes)
-        region = block * torch.tensor([math.prod(strides[a + 1 :]) for a in range(layout.ndim)])
-        region = region.sum(-1).to(q.device)  # [N]
+        region = Pooled(self._sizes(layout)).block_ids(layout).to(q.device)  # [N]
         chosen = self.select(q, k, layout)  # [B, h, R, topk]
         routed = (chosen[..., None] == region).any(-2)  # [B, h, R, N]: region r sees key j
         allowed = routed[:, :, region]  # [B, h, N, N]
@@ -252,8 +255,7 @@ class Routing(KeySetPattern):
             picked = x.gather(2, flat)  # [B, h, R * topk, T, E]; backward scatters into x
             return picked.unflatten(2, (count, self.topk)).flatten(3, 4)
 
-        ones = torch.ones(1, 1, layout.num_tokens, 1, dtype=q.dtype, device=q.device)
-        real = _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0  # [R, T]
+        real = _real_slots(layout, sizes, q.device)  # [R, T]
         allowed = real[chosen].flatten(-2)  # [B, h, R, topk * T]
         out = F.scaled_dot_product_attention(
             qw, gather(kw), gather(vw), attn_mask=allowed[..., None, :], scale=scale
