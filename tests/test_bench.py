@@ -182,4 +182,9 @@ def test_sweep_fits_an_exponent_per_pattern_and_dimension(tmp_path):
     assert alphas[(FULL_SDPA, 2)] == pytest.approx(2.0)
     write_outputs(rows, {"machine": "test"}, tmp_path, sweep=True)
     report = (tmp_path / "report.md").read_text()
-    assert "## Cost exponent" in report and "| window(4) | 1 | 1.00 |" in report
+    assert "## Cost exponent" in report and "| window(4) | 1 | 64, 128, 256 | 1.00 |" in report
+    assert "| full (SDPA) | 2 | 8x8, 16x16 | 2.00 |" in report
+    # without --sweep the report still fits alpha over the sizes it has, and says so
+    write_outputs(rows, {"machine": "test"}, tmp_path, sweep=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "| window(4) | 1 | 64, 128, 256 | 1.00 |" in report and "`--sweep` fits" in report

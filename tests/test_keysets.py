@@ -52,6 +52,31 @@ def test_pooled_fast_path_equals_its_definition(shape, seed, data):
     assert_fast_equals_reference(Pooled(sizes), grid, heads=2, seed=seed)
 
 
+@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_pooled_to_fixed_cells_equals_its_definition(shape, seed, data):
+    grid = Grid(shape)
+    cells = data.draw(st.tuples(*[st.integers(1, n + 2) for n in grid.shape]))
+    p = Pooled(cells=cells)
+    # at most `cells` blocks per axis, each ceil(n / c) tokens wide
+    assert all(b <= c for b, c in zip(p.blocks(grid), cells))
+    assert p._sizes(grid) == tuple(-(-n // c) for n, c in zip(grid.shape, cells))
+    assert_fast_equals_reference(p, grid, heads=2, seed=seed)
+
+
+def test_pooled_cells_keep_the_key_count_fixed_as_the_grid_grows():
+    for n in (8, 16, 32, 64):
+        assert Pooled(cells=4).key_counts(Grid((n, n, n))).unique().tolist() == [64]
+    assert (
+        Pooled(cells=4) == pattern("pooled(cells=4)") and repr(Pooled(cells=4)) == "pooled(cells=4)"
+    )
+    with pytest.raises(ValueError, match=r"exactly one of size .* and cells"):
+        Pooled(2, cells=2)
+    with pytest.raises(ValueError, match=r"exactly one of size .* and cells"):
+        Pooled()
+    with pytest.raises(ValueError, match="Pooled cells has 3 entries"):
+        Pooled(cells=(2, 2, 2)).key_counts(Grid((4, 4)))
+
+
 @given(shape=shapes(), seed=st.integers(0, 2**31 - 1), feature=st.sampled_from(["elu", "relu"]))
 def test_linear_fast_path_equals_its_definition(shape, seed, feature):
     grid = Grid(shape)

@@ -145,7 +145,7 @@ def test_merged_attention_without_merges_equals_grid_attention():
     attention = Attention(16, heads=2, pattern="full").double()
     x = torch.randn(2, 5, 4, 16, dtype=torch.float64)
     positions = Grid((5, 4)).coords.double().expand(2, -1, -1)
-    merged, _ = attention.forward_merged(
+    merged, _, _ = attention.forward_merged(
         x.reshape(2, 20, 16), positions, torch.ones(2, 20).double()
     )
     torch.testing.assert_close(merged.reshape(x.shape), attention(x))
@@ -162,3 +162,58 @@ def test_token_merging_model_option(head):
         create_model("vit-tiny", token_merging=4, pattern=["full", "neighborhood(3)"])
     with pytest.raises(ValueError, match="needs arch 'vit'"):
         create_model("hvit-tiny", token_merging=2, pattern="full")
+
+
+@pytest.mark.parametrize("head", ["classification", "segmentation"])
+def test_keep_rate_model_option_fuses_inattentive_tokens(head):
+    model = create_model("vit-tiny", depth=4, dim=32, heads=2, patch=2, in_chans=1, num_classes=3,
+                         head=head, keep_rate=0.7)  # fmt: skip
+    assert model.token_counts(30) == [30, 22, 17, 13]  # ceil(0.7 n) kept + 1 fused token
+    seen = []
+    for block in model.blocks:
+        inner = block.attn.forward_merged
+
+        def record(x, *args, inner=inner, **kwargs):
+            seen.append(x.shape[1])
+            return inner(x, *args, **kwargs)
+
+        block.attn.forward_merged = record
+    out = model(torch.randn(2, 1, 10, 12))  # 5 x 6 = 30 patch tokens
+    assert seen == [30, 22, 17, 13]
+    assert out.shape == ((2, 3) if head == "classification" else (2, 3, 10, 12))
+    assert ModelConfig.from_json(model.config.to_json()).keep_rate == 0.7
+
+
+def test_token_reduction_that_removes_nothing_equals_the_grid_model():
+    torch.manual_seed(0)
+    plain = create_model("vit-tiny", depth=4, dim=16, heads=2, patch=1, in_chans=1).double()
+    # 0.9 of 4 tokens keeps 4: nothing to fuse, every block runs the reduced path unreduced
+    reduced = create_model("vit-tiny", depth=4, dim=16, heads=2, patch=1, in_chans=1,
+                           keep_rate=0.9).double()  # fmt: skip
+    reduced.load_state_dict(plain.state_dict())
+    assert reduced.token_counts(4) == [4, 4, 4, 4]
+    x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(reduced.eval()(x), plain.eval()(x))
+
+
+def test_received_attention_is_the_mean_softmax_column():
+    from ndformer.layers import _received_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 7, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    sizes = torch.rand(2, 7, generator=gen, dtype=torch.float64) + 0.5
+    bias = sizes.log()[:, None, None, :]
+    probs = (q @ k.transpose(-1, -2) / 2 + bias).softmax(-1)  # [B, h, N, N], scale 4**-0.5
+    want = (probs * sizes[:, None, :, None]).sum((1, 2)) / (3 * sizes.sum(-1, keepdim=True))
+    torch.testing.assert_close(_received_attention(q, k, bias, sizes, rows=3), want)
+    assert torch.allclose(want.sum(-1), torch.ones(2, dtype=torch.float64))
+
+
+def test_keep_rate_errors():
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="keep_rate must be in"):
+            create_model("vit-tiny", keep_rate=bad)
+    with pytest.raises(ValueError, match="two token reductions; choose one"):
+        create_model("vit-tiny", keep_rate=0.7, token_merging=2)
+    with pytest.raises(ValueError, match=r"keep_rate=0.7 needs arch 'vit' with full attention"):
+        create_model("vit-tiny", keep_rate=0.7, pattern="window(4)")

@@ -186,19 +186,23 @@ def test_arena_writes_report_csv_and_pareto_plot(tmp_path):
     data = blobs_npz(tmp_path / "blobs.npz", n=(64, 16, 32))
     out = tmp_path / "arena"
     args = ["arena", "--data", str(data), "--patterns", "full", "--patterns", "window(2)",
-            "--steps", "3", "--token-merging", "4", "--overrides", json.dumps(TINY),
+            "--steps", "3", "--token-merging", "4", "--keep-rate", "0.5",
+            "--overrides", json.dumps({**TINY, "depth": 2}),
             "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     rows = (out / "results.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[0].startswith("pattern,seed,metric,value,ci_low,ci_high")
+    assert len(rows) == 5 and rows[0].startswith("pattern,seed,metric,value,ci_low,ci_high")
     report = (out / "report.md").read_text()
     assert "| `full` |" in report and "| `window(2)` |" in report and "pareto.png" in report
-    assert "| `full + tome(4)` |" in report
+    assert "| `full + tome(4)` |" in report and "| `full + evit(0.5)` |" in report
     assert (out / "pareto.png").stat().st_size > 1000
-    # full attention's FLOPs on a 6x6 token grid: 4 * 36 * 36 * head_dim 8 * 2 heads
+    # full attention's FLOPs on a 6x6 token grid: 2 blocks * 4 * 36 * 36 * head_dim 8 * 2 heads
     full = next(r for r in rows[1:] if r.startswith("full,"))
-    assert float(full.split(",")[12]) == pytest.approx(4 * 36 * 36 * 8 * 2 / 1e9)
+    assert float(full.split(",")[12]) == pytest.approx(2 * 4 * 36 * 36 * 8 * 2 / 1e9)
+    # EViT(0.5) over 2 blocks fuses after the first: 36 tokens, then 18 kept + 1 fused
+    evit = next(r for r in rows[1:] if r.startswith("full + evit(0.5),"))
+    assert float(evit.split(",")[12]) == pytest.approx(4 * (36**2 + 19**2) * 8 * 2 / 1e9)
 
 
 @pytest.mark.slow

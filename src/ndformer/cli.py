@@ -199,7 +199,7 @@ def parse_pattern_spec(spec: str) -> str:
 
 
 #: Options that take several values after one flag (``--shapes 64x64 32x32x32``).
-MULTI_VALUE_OPTIONS = ("--patterns", "--shapes", "--pattern", "--token-merging")
+MULTI_VALUE_OPTIONS = ("--patterns", "--shapes", "--pattern", "--token-merging", "--keep-rate")
 
 
 def expand_multi_value_options(args: list[str]) -> list[str]:

@@ -41,6 +41,8 @@ Examples:
 
   ndformer arena --model vit-tiny --overrides '{"patch": 2}' --patterns full --token-merging 8
 
+  ndformer arena --patterns full --keep-rate 0.7 0.5     (full attention with EViT fusion)
+
   ndformer arena --data my_scans.npz --model hvit-tiny --patterns "window(4)" "window(7)"
 """
 
@@ -166,6 +168,10 @@ def register(app: typer.Typer, console, fail) -> None:
             list[int] | None,
             typer.Option(help="Also run full attention with ToMe merging R tokens per block."),
         ] = None,
+        keep_rate: Annotated[
+            list[float] | None,
+            typer.Option(help="Also run full attention with EViT keeping this rate of tokens."),
+        ] = None,
         out: Annotated[Path, typer.Option(help="Output folder.")] = Path("arena-results"),
     ) -> None:
         """Train one model with each pattern under the same budget; report accuracy vs cost.
@@ -178,7 +184,12 @@ def register(app: typer.Typer, console, fail) -> None:
         from .tasks import load_data, load_task
 
         try:
-            config = ArenaConfig(seeds=seeds, out=out, token_merging=list(token_merging or []))
+            config = ArenaConfig(
+                seeds=seeds,
+                out=out,
+                token_merging=list(token_merging or []),
+                keep_rates=list(keep_rate or []),
+            )
             if task or data:
                 config.task, config.data = task, None if data is None else str(data)
             if patterns:

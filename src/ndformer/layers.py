@@ -73,20 +73,25 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
     def forward_merged(
-        self, x: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full attention over reduced tokens that no longer form a grid (ToMe).
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        sizes: torch.Tensor,
+        received: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Full attention over reduced tokens that no longer form a grid (ToMe, EViT).
 
         x [B, N, dim], positions [B, N, ndim] (float: size-weighted mean coordinates),
         sizes [B, N]. Proportional attention: log(size) of each key is added to the
         logits, so a merged token weighs as much as the tokens it stands for. Returns
-        the output [B, N, dim] and the keys averaged over heads [B, N, qk_head_dim]
-        (the similarity metric for the next merge).
+        the output [B, N, dim], the keys averaged over heads [B, N, qk_head_dim] (the
+        similarity metric for the next merge) and, if ``received``, the attention each
+        token receives [B, N] (mean over heads and size-weighted queries; no gradient).
         """
         if self.pattern != Full():
             raise ValueError(
-                f"token merging needs full attention: merged tokens no longer form a grid,"
-                f" and {self.pattern!r} is defined on a grid"
+                f"token reduction needs full attention: reduced tokens no longer form a"
+                f" grid, and {self.pattern!r} is defined on a grid"
             )
         qkv = self.qkv(x)
         q, k, v = (
@@ -98,11 +103,28 @@ class Attention(nn.Module):
             q, k = rope(q, positions), rope(k, positions)
         bias = sizes.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(out.transpose(1, 2).reshape(x.shape)), k.mean(1)
+        attention = _received_attention(q, k, bias, sizes) if received else None
+        return self.proj(out.transpose(1, 2).reshape(x.shape)), k.mean(1), attention
 
     def extra_repr(self) -> str:
         qk = f", qk_dim={self.qk_dim}" if self.qk_dim != self.dim else ""
         return f"dim={self.dim}{qk}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
+
+
+def _received_attention(
+    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, sizes: torch.Tensor, rows: int = 1024
+) -> torch.Tensor:
+    """[B, N]: softmax(q k^T * scale + bias) averaged over heads and size-weighted query
+    rows, computed ``rows`` queries at a time (never the whole N x N) and without gradient."""
+    b, h, n, e = q.shape
+    with torch.no_grad():
+        total = q.new_zeros(b, k.shape[-2])
+        for start in range(0, n, rows):
+            probs = (q[:, :, start : start + rows] @ k.transpose(-1, -2) * e**-0.5 + bias).softmax(
+                -1
+            )
+            total += (probs * sizes[:, None, start : start + rows, None]).sum((1, 2))
+        return total / (h * sizes.sum(-1, keepdim=True))
 
 
 class Mlp(nn.Module):

@@ -31,15 +31,13 @@ def attention_gflop(model: NdModel, sample: torch.Tensor) -> float:
     """Forward attention GFLOP for one sample: 4 * pairs * head_dim over heads and layers.
 
     ``pairs`` are counted exactly from each layer's pattern on the token grid it sees;
-    with token merging, block l attends among the tokens left after l merges (n_l^2).
+    with token reduction, each block attends among the tokens it has left (n_l^2).
     """
-    merging = getattr(model.config, "token_merging", 0)
-    if merging:
+    if getattr(model, "reduces_tokens", False):
         n = model.patch_embed(sample[:1]).shape[1:-1].numel()
         total = 0.0
-        for block in model.blocks:
-            total += 4.0 * n * n * block.attn.head_dim * block.attn.heads
-            n -= min(merging, n // 2)
+        for block, tokens in zip(model.blocks, model.token_counts(n), strict=True):
+            total += 4.0 * tokens * tokens * block.attn.head_dim * block.attn.heads
         return total / 1e9
     grids: list[tuple[Attention, tuple[int, ...]]] = []
     hooks = [

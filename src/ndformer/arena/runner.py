@@ -37,6 +37,8 @@ class ArenaConfig:
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
     #: Extra entries: full attention with ToMe merging r tokens per block, one per r.
     token_merging: list[int] = field(default_factory=list)
+    #: Extra entries: full attention with EViT fusion at each keep rate.
+    keep_rates: list[float] = field(default_factory=list)
     model: str = DEFAULT_MODEL
     overrides: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_OVERRIDES))
     steps: int = DEFAULT_STEPS
@@ -55,6 +57,8 @@ class ArenaConfig:
             pattern(spec)
         if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.token_merging):
             raise ValueError(f"token_merging values must be ints >= 1, got {self.token_merging}")
+        if any(isinstance(k, bool) or not 0 < k < 1 for k in self.keep_rates):
+            raise ValueError(f"keep_rates must be in (0, 1), got {self.keep_rates}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.minutes is not None and not self.minutes > 0:
@@ -65,7 +69,8 @@ class ArenaConfig:
         """(label, pattern spec, extra model overrides) of every arena entry."""
         plain = [(spec, spec, {}) for spec in self.patterns]
         merging = [(f"full + tome({r})", "full", {"token_merging": r}) for r in self.token_merging]
-        return plain + merging
+        fusion = [(f"full + evit({k})", "full", {"keep_rate": k}) for k in self.keep_rates]
+        return plain + merging + fusion
 
     def train_config(self, spec: str, seed: int, extra: dict | None = None) -> dict[str, Any]:
         return dict(

@@ -59,10 +59,9 @@ def run_bench_command(config: BenchConfig, out: Path, console: Console) -> list[
     interrupted = any(r.note.startswith("not run") for r in rows)
     paths = write_outputs(rows, info, out, sweep=config.sweep)
     console.print(summary_table(rows))
-    if config.sweep:
-        for (label, ndim), alpha in sorted(sweep_exponents(rows).items()):
-            shown = "n/a" if alpha is None else f"{alpha:.2f}"
-            console.print(f"cost exponent alpha  {label} ({ndim}-D): {shown}")
+    for (label, ndim), alpha in sorted(sweep_exponents(rows).items()):
+        if alpha is not None:
+            console.print(f"cost exponent alpha  {label} ({ndim}-D): {alpha:.2f}")
     if interrupted:
         console.print("[yellow]interrupted: wrote the cases that finished[/]")
     for path in paths:

@@ -130,19 +130,27 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
                 f" | {res['gflop_per_s']:.1f} | {100 * res['efficiency']:.1f}% | {ratio} |"
             )
         lines.append("")
-    if sweep:
-        lines += [
-            "## Cost exponent",
-            "",
-            "time ∝ tokens^α, least squares over the sizes that ran.",
-            "",
-        ]
-        lines += ["| pattern | ndim | α |", "|---|---:|---:|"]
-        for (label, ndim), alpha in sorted(sweep_exponents(rows).items()):
-            label = _cell(label)
-            lines.append(f"| {label} | {ndim} | {_fmt(alpha, '.2f')} |")
-        lines.append("")
+    lines += _exponent_section(rows, sweep)
     path.write_text("\n".join(lines))
+
+
+def _exponent_section(rows: list[Row], sweep: bool) -> list[str]:
+    """The fitted cost exponents, for every (pattern, ndim) measured at two sizes or more."""
+    alphas = {key: a for key, a in sorted(sweep_exponents(rows).items()) if a is not None}
+    if not alphas:
+        return []
+    lines = ["## Cost exponent", "", "time ∝ tokens^α, least squares over the sizes that ran."]
+    if not sweep:
+        lines.append("Fitted over this run's few sizes; `--sweep` fits over more, larger ones.")
+    lines += ["", "| pattern | ndim | sizes | α |", "|---|---:|---|---:|"]
+    for (label, ndim), alpha in alphas.items():
+        sizes = dict.fromkeys(
+            shape_text(r.case.shape)
+            for r in rows
+            if r.result is not None and r.case.label == label and len(r.case.shape) == ndim
+        )
+        lines.append(f"| {_cell(label)} | {ndim} | {', '.join(sizes)} | {alpha:.2f} |")
+    return [*lines, ""]
 
 
 def write_plots(rows: list[Row], out: Path) -> list[Path]:

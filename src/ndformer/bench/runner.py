@@ -24,6 +24,12 @@ DEFAULT_PATTERNS = (
     "axial(0)",
     "headsplit(stripe(0, 8), stripe(1, 8))",
     "neighborhood(7) | axial(0)",
+    "pooled(4)",
+    "pooled(cells=8)",
+    "summary(8, 8)",
+    "routing(8, 4)",
+    "hilo(4)",
+    "linear",
 )
 #: Shapes of a run without ``--shapes``; ``--quick`` uses a smaller last volume.
 DEFAULT_SHAPES = ((64, 64), (128, 128), (16, 16, 16), (32, 32, 32))

@@ -47,6 +47,9 @@ class ModelConfig:
       of every stage for ``hvit``); ``stage_patterns`` sets one spec or list per stage.
     - ``token_merging``: ToMe's r, tokens merged after every block (``vit`` with full
       attention only: merged tokens no longer form a grid).
+    - ``keep_rate``: EViT's keep rate (1.0 = off). After 1/4, 1/2 and 3/4 of the blocks,
+      the ``ceil(keep_rate * n)`` most attended of the n tokens stay and the rest fuse
+      into one token (``vit`` with full attention only, not with ``token_merging``).
     """
 
     arch: str = "vit"
@@ -65,6 +68,7 @@ class ModelConfig:
     rope: bool = True
     kernel: int = 3
     token_merging: int = 0
+    keep_rate: float = 1.0
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -100,15 +104,9 @@ class ModelConfig:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
         self.pattern = _spec_list("pattern", self.pattern)
         check_int("token_merging", self.token_merging, minimum=0)
-        if self.token_merging:
-            specs = [self.pattern] if isinstance(self.pattern, str) else self.pattern
-            grid_only = [s for s in specs if parse_pattern(s) != Full()]
-            if self.arch != "vit" or grid_only:
-                raise ValueError(
-                    f"token_merging={self.token_merging} needs arch 'vit' with full attention:"
-                    f" merged tokens no longer form a grid, so grid patterns {grid_only} (arch"
-                    f" {self.arch!r}) cannot follow a merge"
-                )
+        if isinstance(self.keep_rate, bool) or not 0.0 < self.keep_rate <= 1.0:
+            raise ValueError(f"keep_rate must be in (0, 1] (1 = off), got {self.keep_rate!r}")
+        self._check_token_reduction()
         if self.stage_patterns is not None:
             if self.arch != "hvit" or len(self.stage_patterns) != self.num_stages:
                 raise ValueError(
@@ -118,6 +116,28 @@ class ModelConfig:
             self.stage_patterns = [
                 _spec_list(f"stage_patterns[{i}]", p) for i, p in enumerate(self.stage_patterns)
             ]
+
+    def _check_token_reduction(self) -> None:
+        """Reduced tokens no longer form a grid: only full attention in a plain vit follows."""
+        used = {"token_merging": self.token_merging} if self.token_merging else {}
+        if self.keep_rate < 1.0:
+            used["keep_rate"] = self.keep_rate
+        if not used:
+            return
+        if len(used) > 1:
+            raise ValueError(
+                f"token_merging={self.token_merging} and keep_rate={self.keep_rate} are two"
+                " token reductions; choose one"
+            )
+        ((option, value),) = used.items()
+        specs = [self.pattern] if isinstance(self.pattern, str) else self.pattern
+        grid_only = [s for s in specs if parse_pattern(s) != Full()]
+        if self.arch != "vit" or grid_only:
+            raise ValueError(
+                f"{option}={value} needs arch 'vit' with full attention: reduced tokens no"
+                f" longer form a grid, so grid patterns {grid_only} (arch {self.arch!r})"
+                " cannot follow a reduction"
+            )
 
     @property
     def num_stages(self) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ..layers import Block
 from ..layout import Grid
-from ..reduce import start_source, tome_merge, unmerge
+from ..reduce import evit_fuse, start_source, tome_merge, unmerge
 from ..tokens import PatchEmbed
 from .config import ModelConfig, PatternSpec
 from .parts import ConvBlock, Head, PatchMerging, upsample_nearest
@@ -93,28 +95,61 @@ class VisionTransformer(NdModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
-        if self.config.token_merging:
-            return self.norm(self._merged_blocks(x))
+        if self.reduces_tokens:
+            return self.norm(self._reduced_blocks(x))
         return self.norm(self.blocks(x))
 
-    def _merged_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks with ToMe: after each block, merge ``token_merging`` tokens (fewer once
-        fewer than twice that many are left); positions merge as size-weighted means for
-        RoPE, attention is proportional; ``unmerge`` restores the grid at the end."""
+    @property
+    def reduces_tokens(self) -> bool:
+        return bool(self.config.token_merging) or self.config.keep_rate < 1.0
+
+    def removed_after(self, index: int, tokens: int) -> int:
+        """How many of ``tokens`` the reduction after block ``index`` removes: ToMe's r after
+        every block (at most half), EViT's fusion after 1/4, 1/2 and 3/4 of the blocks."""
+        c = self.config
+        if c.token_merging:
+            return min(c.token_merging, tokens // 2)
+        depth = len(self.blocks)
+        if c.keep_rate < 1.0 and index in {depth * i // 4 - 1 for i in (1, 2, 3)} - {-1}:
+            keep = math.ceil(c.keep_rate * tokens)
+            return tokens - keep - 1 if keep + 1 < tokens else 0
+        return 0
+
+    def token_counts(self, tokens: int) -> list[int]:
+        """The number of tokens each block attends among, from ``tokens`` patch tokens."""
+        counts = []
+        for index in range(len(self.blocks)):
+            counts.append(tokens)
+            tokens -= self.removed_after(index, tokens)
+        return counts
+
+    def _reduced_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks with token reduction (ToMe merging or EViT fusion) between them.
+        Positions reduce as size-weighted means for RoPE, attention is proportional;
+        ``unmerge`` gives every grid position its token's features back at the end."""
         batch, grid, dim = x.shape[0], x.shape[1:-1], x.shape[-1]
         tokens = x.reshape(batch, -1, dim)
         positions = Grid(tuple(grid)).coords_on(x.device).to(x.dtype).expand(batch, -1, -1)
         sizes = torch.ones(tokens.shape[:2], dtype=x.dtype, device=x.device)
         source = start_source(tokens)
-        for block in self.blocks:
-            out, keys = block.attn.forward_merged(block.norm1(tokens), positions, sizes)
+        for index, block in enumerate(self.blocks):
+            removed = self.removed_after(index, tokens.shape[1])
+            fuse = bool(removed) and not self.config.token_merging
+            out, keys, received = block.attn.forward_merged(
+                block.norm1(tokens), positions, sizes, received=fuse
+            )
             tokens = tokens + block.drop_path(out)
             tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)))
-            r = min(self.config.token_merging, tokens.shape[1] // 2)
+            if not removed:
+                continue
             both = torch.cat((tokens, positions), dim=-1)
-            merged = tome_merge(both, sizes, source, r, metric=keys)
-            tokens, positions = merged.tokens.split((dim, positions.shape[-1]), dim=-1)
-            sizes, source = merged.sizes, merged.source
+            if fuse:
+                keep = tokens.shape[1] - removed - 1
+                reduced = evit_fuse(both, sizes, source, received, keep)
+            else:
+                reduced = tome_merge(both, sizes, source, removed, metric=keys)
+            tokens, positions = reduced.tokens.split((dim, positions.shape[-1]), dim=-1)
+            sizes, source = reduced.sizes, reduced.source
         return unmerge(tokens, source).reshape(x.shape)
 
 

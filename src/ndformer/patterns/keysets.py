@@ -54,20 +54,41 @@ class Pooled(KeySetPattern):
     """Every query attends to the average-pooled keys and values of the non-overlapping
     ``size`` blocks of the grid (PVT's spatial reduction). Border blocks average the
     tokens they have. Exactly ``softmax(q . pool(K)^T * scale) . pool(V)``.
+
+    ``Pooled(cells=c)`` instead pools to at most ``c`` blocks per axis, of size
+    ``ceil(n / c)`` on an axis of n tokens (PVTv2's linear spatial reduction): the
+    number of pooled keys stays fixed as the grid grows, so the cost is linear in N,
+    where a fixed ``size`` costs N^2 / prod(size).
     """
 
-    size: IntOrTuple
+    size: IntOrTuple | None = None
+    cells: IntOrTuple | None = None
 
-    def __init__(self, size: IntOrTuple) -> None:
-        object.__setattr__(self, "size", check_per_axis("Pooled size", size, minimum=1))
+    def __init__(self, size: IntOrTuple | None = None, *, cells: IntOrTuple | None = None) -> None:
+        if (size is None) == (cells is None):
+            raise ValueError(
+                f"Pooled takes exactly one of size (block size) and cells (blocks per axis);"
+                f" got size={size!r}, cells={cells!r}"
+            )
+        if size is not None:
+            object.__setattr__(self, "size", check_per_axis("Pooled size", size, minimum=1))
+        else:
+            object.__setattr__(self, "cells", check_per_axis("Pooled cells", cells, minimum=1))
 
     def __repr__(self) -> str:
+        if self.cells is not None:
+            return format_call("pooled", (), {"cells": self.cells})
         return format_call("pooled", (self.size,))
 
     def describe(self) -> str:
+        if self.cells is not None:
+            return f"its keys are averages over {self.cells} blocks per axis"
         return f"its keys are averages over {self.size} blocks"
 
     def _sizes(self, layout: Grid) -> tuple[int, ...]:
+        if self.cells is not None:
+            cells = per_axis("Pooled cells", self.cells, layout.ndim)
+            return tuple(-(-n // c) for n, c in zip(layout.shape, cells, strict=True))
         return per_axis("Pooled size", self.size, layout.ndim)
 
     def check(self, layout: Grid) -> None:
