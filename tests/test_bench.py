@@ -178,13 +178,45 @@ def test_sweep_fits_an_exponent_per_pattern_and_dimension(tmp_path):
     from ndformer.bench import sweep_exponents
 
     alphas = sweep_exponents(rows)
-    assert alphas[("window(4)", 1)] == pytest.approx(1.0)
-    assert alphas[(FULL_SDPA, 2)] == pytest.approx(2.0)
+    assert alphas[("window(4)", "1-D")] == pytest.approx(1.0)
+    assert alphas[(FULL_SDPA, "2-D")] == pytest.approx(2.0)
     write_outputs(rows, {"machine": "test"}, tmp_path, sweep=True)
     report = (tmp_path / "report.md").read_text()
-    assert "## Cost exponent" in report and "| window(4) | 1 | 64, 128, 256 | 1.00 |" in report
-    assert "| full (SDPA) | 2 | 8x8, 16x16 | 2.00 |" in report
+    assert "## Cost exponent" in report and "| window(4) | 1-D | 64, 128, 256 | 1.00 |" in report
+    assert "| full (SDPA) | 2-D | 8x8, 16x16 | 2.00 |" in report
     # without --sweep the report still fits alpha over the sizes it has, and says so
     write_outputs(rows, {"machine": "test"}, tmp_path, sweep=False)
     report = (tmp_path / "report.md").read_text()
-    assert "| window(4) | 1 | 64, 128, 256 | 1.00 |" in report and "`--sweep` fits" in report
+    assert "| window(4) | 1-D | 64, 128, 256 | 1.00 |" in report and "`--sweep` fits" in report
+
+
+def test_points_cases_run_on_generated_scenes(tmp_path):
+    from ndformer.bench.report import write_outputs
+    from ndformer.points_data import surface_voxels
+
+    voxels = surface_voxels(500, seed=0)
+    assert voxels.shape == (500, 3) and len(voxels.unique(dim=0)) == 500 and voxels.min() >= 0
+    config = BenchConfig(
+        patterns=["serialized('hilbert', group=16)", "window(4)", "neighborhood(3)"],
+        shapes=[],
+        points=[300, 600],
+        sweep=True,
+    )
+    rows = plan_cases(config, peak_gflops=100.0)
+    notes = {(r.case.label, r.case.tokens): r.note for r in rows}
+    assert "is defined on a grid" in notes[("neighborhood(3)", 300)]
+    assert notes[("serialized('hilbert', group=16)", 600)] == ""
+
+    def worker(case):
+        return measure_case(Case(**{**case.__dict__, "repeats": 1, "min_seconds": 0}))
+
+    run_rows(rows, 100.0, worker=worker)
+    serialized = next(
+        r for r in rows if r.case.label.startswith("serialized") and r.case.tokens == 600
+    )
+    assert serialized.result["pairs"] == 37 * 16 * 16 + 8 * 8  # 37 groups of 16, one of 8
+    write_outputs(rows, {"machine": "test"}, tmp_path, sweep=True)
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "## 600 points (600 tokens)" in report and "| points | 300 points, 600 points |" in report
+    )

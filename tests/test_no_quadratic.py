@@ -7,15 +7,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ndformer import Grid, attend
+from ndformer import Grid, Points, attend
 from ndformer.patterns import (
     Causal,
+    Flattened,
     HeadSplit,
     HiLo,
     Linear,
     Neighborhood,
     Pooled,
     Routing,
+    Serialized,
     Stripe,
     Summary,
     Window,
@@ -64,3 +66,19 @@ def test_no_tensor_of_n_squared_elements(pattern, backend):
         with LargestTensor() as probe:
             attend(q, k, v, pattern, grid, backend=backend).sum().backward()
         assert probe.largest < n * n / 4, f"largest tensor {probe.largest} vs N^2 = {n * n}"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [Serialized("hilbert", 64), Flattened(6, 64), Window(6), Stripe(0, 2) & Window(12), Pooled(4)],
+    ids=repr,
+)
+def test_no_tensor_of_n_squared_elements_on_points(pattern):
+    from ndformer.points_data import surface_voxels
+
+    points = Points(surface_voxels(2304, seed=1), batch=torch.arange(2304) % 2)  # 2 scenes
+    n = points.num_tokens
+    q, k, v = (torch.randn(1, 2, n, 8, requires_grad=True) for _ in range(3))
+    with LargestTensor() as probe:
+        attend(q, k, v, pattern, points).sum().backward()
+    assert probe.largest < n * n / 4, f"largest tensor {probe.largest} vs N^2 = {n * n}"

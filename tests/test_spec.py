@@ -113,7 +113,7 @@ def test_bad_specs_raise_value_error_naming_the_problem(spec, message):
     with pytest.raises(ValueError, match="invalid pattern spec") as info:
         pattern(spec)
     assert message in str(info.value)
-    assert "Valid patterns: axial, causal, full" in str(info.value)
+    assert "Valid patterns: axial, causal, flattened, full" in str(info.value)
 
 
 def test_non_string_spec_is_rejected():

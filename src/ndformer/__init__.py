@@ -2,7 +2,7 @@
 
 The public API:
 
-- layouts: ``Grid``
+- layouts: ``Grid``, sparse ``Points``; ``serialize`` (space-filling-curve codes)
 - patterns: ``ndformer.patterns`` (``Window``, ``Neighborhood``, ...), ``pattern(spec)``
 - ``attend(q, k, v, pattern, layout)``: attention under a pattern, fast and exact
 - models: ``create_model(name, **overrides)``, ``list_models()``, ``load(run_dir)``
@@ -11,8 +11,9 @@ The public API:
 
 from . import patterns
 from .attend import attend
+from .curves import serialize
 from .layers import Attention, Block, DropPath, Mlp
-from .layout import Grid
+from .layout import Grid, Points
 from .models import create_model, list_models
 from .patterns import list_patterns, pattern
 from .position import RoPE
@@ -28,6 +29,7 @@ __all__ = [
     "Grid",
     "Mlp",
     "PatchEmbed",
+    "Points",
     "RoPE",
     "__version__",
     "attend",
@@ -38,5 +40,6 @@ __all__ = [
     "patchify",
     "pattern",
     "patterns",
+    "serialize",
     "unpatchify",
 ]

@@ -16,10 +16,12 @@ from .kernels import (
     reference_attention,
     tiled_attention,
 )
-from .layout import Grid, as_layout
+from .kernels.groups import group_attention, scene_attention
+from .layout import Grid, Points, as_layout
 from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
 from .patterns import pattern as parse_pattern
 from .patterns.axis import AllRule
+from .patterns.sorted import SortedGroups, as_points
 
 Backend = Literal["auto", "reference", "tiled", "blocksparse"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse")
@@ -68,7 +70,7 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     pattern: Pattern | str,
-    layout: Grid | tuple[int, ...],
+    layout: Grid | Points | tuple[int, ...],
     *,
     scale: float | None = None,
     backend: Backend = "auto",
@@ -80,7 +82,8 @@ def attend(
         q, k: [B, heads, N, head_dim]; v: [B, heads, N, head_dim_v], tokens in the
             layout's order (row-major over the grid).
         pattern: a ``Pattern`` or a spec string (``"neighborhood(7)"``).
-        layout: a ``Grid`` (or its shape) with ``num_tokens == N``.
+        layout: a ``Grid`` (or its shape) or sparse ``Points`` with ``num_tokens == N``;
+            on points, attention never crosses scenes.
         scale: logit scale, default ``1 / sqrt(head_dim)``.
         backend: ``"auto"`` picks the fast path; ``"tiled"`` (query tiles + key halos
             through SDPA; local separable patterns), ``"blocksparse"`` (any pattern) or
@@ -130,6 +133,17 @@ def attend(
         return torch.cat(outputs, dim=1)
     if backend == "reference":
         return reference_attention(q, k, v, pattern, layout, scale)
+    if isinstance(layout, Points) or isinstance(pattern, SortedGroups):
+        if backend != "auto":
+            raise ValueError(
+                f"backend {backend!r} works on grids; {pattern!r} on {layout!r} takes"
+                " 'auto' (the group / scene kernels) or 'reference'"
+            )
+        points = as_points(layout)
+        groups = pattern.group_ids(points)
+        if groups is not None:
+            return group_attention(q, k, v, groups.to(q.device), scale)
+        return scene_attention(q, k, v, pattern, points, scale)
     if isinstance(pattern, Separable) and backend in ("auto", "tiled"):
         rules = pattern.axis_rules(layout)
         if backend == "auto" and all(isinstance(r, AllRule) for r in rules):

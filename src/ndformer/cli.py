@@ -33,6 +33,8 @@ Examples:
   ndformer bench --patterns "window(8)" "neighborhood(7)" --shapes 128x128 32x32x32 --backward
 
   ndformer bench --sweep --patterns "neighborhood(3)" "window(8)" --heads 2 --head-dim 16
+
+  ndformer bench --points 10000 100000 1000000 --patterns "serialized('hilbert', group=64)"
 """
 
 
@@ -120,6 +122,13 @@ def build_app():
                 " (24^3 with --quick)."
             ),
         ] = None,
+        points: Annotated[
+            list[int] | None,
+            typer.Option(
+                help="Also generated 3-D point scenes of these many occupied voxels"
+                " (sparse Points; e.g. 10000 100000 1000000)."
+            ),
+        ] = None,
         heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
         head_dim: Annotated[int, typer.Option(help="Channels per head.")] = 32,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
@@ -160,6 +169,10 @@ def build_app():
                 config.patterns = [parse_pattern_spec(p) for p in patterns]
             if shapes:
                 config.shapes = [parse_shape(s) for s in shapes]
+            if points:
+                config.points = list(points)
+                config.shapes = [parse_shape(s) for s in shapes or []]
+            config.__post_init__()
         except ValueError as err:
             _fail(console, str(err))
         run_bench_command(config, out, console)
@@ -199,7 +212,14 @@ def parse_pattern_spec(spec: str) -> str:
 
 
 #: Options that take several values after one flag (``--shapes 64x64 32x32x32``).
-MULTI_VALUE_OPTIONS = ("--patterns", "--shapes", "--pattern", "--token-merging", "--keep-rate")
+MULTI_VALUE_OPTIONS = (
+    "--patterns",
+    "--shapes",
+    "--pattern",
+    "--token-merging",
+    "--keep-rate",
+    "--points",
+)
 
 
 def expand_multi_value_options(args: list[str]) -> list[str]:

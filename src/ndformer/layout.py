@@ -70,8 +70,94 @@ def grid_coords(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
 
 
-def as_layout(layout: Grid | tuple[int, ...] | list[int]) -> Grid:
+class Points:
+    """A sparse layout: N tokens at integer coordinates, from one or several scenes.
+
+    ``coords`` [N, ndim] (ints >= 0, any ndim >= 1) and ``batch`` [N] (the scene
+    of each token, default all 0). Several scenes of different sizes go in one
+    padding-free sequence; attention never crosses scenes. Token order is the
+    caller's: patterns and kernels never require sorted tokens.
+
+    Patterns keep their definitions, restricted to the tokens that exist and to
+    pairs in the same scene. ``shape`` is the extent ``coords.max(0) + 1``.
+    Compared and hashed by identity (it holds tensors).
+
+    >>> p = Points(torch.tensor([[0, 0], [5, 2], [1, 1]]), batch=torch.tensor([0, 1, 0]))
+    >>> p.num_tokens, p.shape, p.num_scenes
+    (3, (6, 3), 2)
+    """
+
+    def __init__(self, coords: torch.Tensor, batch: torch.Tensor | None = None) -> None:
+        coords = torch.as_tensor(coords)
+        if coords.dim() != 2 or coords.shape[0] < 1 or coords.shape[1] < 1:
+            raise ValueError(
+                f"Points coords must be [N, ndim] with N >= 1 and ndim >= 1, got"
+                f" {tuple(coords.shape)}"
+            )
+        if coords.dtype.is_floating_point or coords.dtype == torch.bool:
+            raise ValueError(
+                f"Points coords must be integers (voxel indices), got {coords.dtype};"
+                " quantize float points first (e.g. PointTokenizer)"
+            )
+        if bool((coords < 0).any()):
+            axis = int((coords < 0).any(0).nonzero()[0])
+            raise ValueError(
+                f"Points coords must be >= 0; axis {axis} has minimum"
+                f" {int(coords[:, axis].min())} (coords {tuple(coords.shape)}): subtract the"
+                " minimum first"
+            )
+        n = coords.shape[0]
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.long, device=coords.device)
+        batch = torch.as_tensor(batch, device=coords.device)
+        if batch.shape != (n,) or batch.dtype.is_floating_point or batch.dtype == torch.bool:
+            raise ValueError(
+                f"Points batch must be an integer tensor [N] = [{n}] (one scene index per"
+                f" token), got {tuple(batch.shape)} {batch.dtype}"
+            )
+        if bool((batch < 0).any()):
+            raise ValueError(f"Points batch indices must be >= 0, got minimum {int(batch.min())}")
+        self.coords = coords.long()
+        self.batch = batch.long()
+        self.shape = tuple(int(m) + 1 for m in self.coords.max(0).values)
+
+    @classmethod
+    def from_grid(cls, grid: Grid) -> Points:
+        """Every token of ``grid`` as a point, in the grid's token order (one scene)."""
+        return cls(grid.coords)
+
+    @property
+    def ndim(self) -> int:
+        return self.coords.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def num_scenes(self) -> int:
+        """max(batch) + 1 (scenes without tokens count too)."""
+        return int(self.batch.max()) + 1
+
+    def coords_on(self, device: torch.device | str) -> torch.Tensor:
+        return self.coords.to(device)
+
+    def scene_tokens(self) -> list[torch.Tensor]:
+        """Token indices of every non-empty scene, in token order."""
+        return [(self.batch == b).nonzero().squeeze(1) for b in self.batch.unique().tolist()]
+
+    def to(self, device: torch.device | str) -> Points:
+        return Points(self.coords.to(device), self.batch.to(device))
+
+    def __repr__(self) -> str:
+        return f"Points(N={self.num_tokens}, ndim={self.ndim}, scenes={self.num_scenes})"
+
+
+Layout = Grid | Points
+
+
+def as_layout(layout: Grid | Points | tuple[int, ...] | list[int]) -> Grid | Points:
     """Accept a layout object or a plain shape tuple."""
-    if isinstance(layout, Grid):
+    if isinstance(layout, (Grid, Points)):
         return layout
     return Grid(layout)

@@ -16,7 +16,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .measure import matmul_peak
-from .report import machine_info, shape_text, write_outputs
+from .report import machine_info, write_outputs
 from .runner import BenchConfig, Row, plan_cases, run_rows, sweep_exponents
 
 
@@ -25,7 +25,7 @@ def summary_table(rows: list[Row]) -> Table:
     for name in ("pattern", "shape", "median ms", "peak MiB", "GFLOP/s", "efficiency"):
         table.add_column(name, justify="left" if name in ("pattern", "shape") else "right")
     for row in rows:
-        shape = shape_text(row.case.shape)
+        shape = row.case.shape_label
         if row.result is None:
             table.add_row(row.case.label, shape, row.note, "", "", "")
             continue
@@ -50,7 +50,7 @@ def run_bench_command(config: BenchConfig, out: Path, console: Console) -> list[
         task = progress.add_task("starting", total=todo)
 
         def on_start(row: Row) -> None:
-            progress.update(task, description=f"{row.case.label} @ {shape_text(row.case.shape)}")
+            progress.update(task, description=f"{row.case.label} @ {row.case.shape_label}")
 
         def on_done(row: Row) -> None:
             progress.advance(task)
@@ -59,9 +59,9 @@ def run_bench_command(config: BenchConfig, out: Path, console: Console) -> list[
     interrupted = any(r.note.startswith("not run") for r in rows)
     paths = write_outputs(rows, info, out, sweep=config.sweep)
     console.print(summary_table(rows))
-    for (label, ndim), alpha in sorted(sweep_exponents(rows).items()):
+    for (label, series), alpha in sorted(sweep_exponents(rows).items()):
         if alpha is not None:
-            console.print(f"cost exponent alpha  {label} ({ndim}-D): {alpha:.2f}")
+            console.print(f"cost exponent alpha  {label} ({series}): {alpha:.2f}")
     if interrupted:
         console.print("[yellow]interrupted: wrote the cases that finished[/]")
     for path in paths:

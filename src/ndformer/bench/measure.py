@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attend import attend
-from ..layout import Grid
+from ..layout import Grid, Points, as_layout
 from ..patterns import pattern as parse_pattern
 
 #: Pseudo-pattern names of the reference rows.
@@ -34,11 +34,13 @@ DTYPES = {
 
 @dataclass(frozen=True)
 class Case:
-    """One measurement: a pattern spec (or a reference row) on one grid shape."""
+    """One measurement: a pattern spec (or a reference row) on one grid shape, or with
+    ``points`` on a generated 3-D scene of ``shape[0]`` occupied voxels."""
 
     pattern: str
     reference: str | None  # None, FULL_SDPA or DENSE_MASKED (then ``pattern`` gives the mask)
     shape: tuple[int, ...]
+    points: bool = False
     heads: int = 4
     head_dim: int = 32
     batch: int = 1
@@ -57,10 +59,26 @@ class Case:
     def tokens(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def series(self) -> str:
+        """What the case's size grows along: ``2-D``, ``3-D``, ... or ``points``."""
+        return "points" if self.points else f"{len(self.shape)}-D"
 
-def pairs_per_head(spec: str, shape: tuple[int, ...], heads: int) -> list[int]:
+    @property
+    def shape_label(self) -> str:
+        return f"{self.shape[0]} points" if self.points else "x".join(map(str, self.shape))
+
+    def layout(self) -> Grid | Points:
+        if self.points:
+            from ..points_data import surface_voxels
+
+            return Points(surface_voxels(self.shape[0], seed=0))
+        return Grid(self.shape)
+
+
+def pairs_per_head(spec: str, layout: Grid | Points | tuple[int, ...], heads: int) -> list[int]:
     """Exact attended (query, key) pairs of each head, counted without building N x N."""
-    counts = parse_pattern(spec).key_counts(Grid(shape), heads=heads).sum(-1)
+    counts = parse_pattern(spec).key_counts(as_layout(layout), heads=heads).sum(-1)
     return counts.expand(heads).tolist()
 
 
@@ -69,7 +87,7 @@ def case_flops(case: Case, pairs: list[int]) -> float:
     ``Linear``: 4 * N * head_dim**2 per head); x3 more (x4 in all) with backward."""
     own = None
     if case.reference is None:
-        own = parse_pattern(case.pattern).forward_flops(Grid(case.shape), case.heads, case.head_dim)
+        own = parse_pattern(case.pattern).forward_flops(case.layout(), case.heads, case.head_dim)
     forward = (own if own is not None else 4.0 * sum(pairs) * case.head_dim) * case.batch
     return forward * (4.0 if case.backward else 1.0)
 
@@ -175,8 +193,8 @@ def _maxrss_bytes() -> int:
 
 
 # -- one case -----------------------------------------------------------------
-def _runner(case: Case, q, k, v, grad) -> Callable[[], object]:
-    grid = Grid(case.shape)
+def _runner(case: Case, layout: Grid | Points, q, k, v, grad) -> Callable[[], object]:
+    grid = layout
     if case.reference == FULL_SDPA:
 
         def forward():
@@ -215,7 +233,8 @@ def measure_case(case: Case) -> dict:
     torch.manual_seed(0)
     dtype = DTYPES[case.dtype]
     pattern_spec = "full" if case.reference == FULL_SDPA else case.pattern
-    pairs = pairs_per_head(pattern_spec, case.shape, case.heads)
+    layout = case.layout()
+    pairs = pairs_per_head(pattern_spec, layout, case.heads)
     with PeakMemory(case.device) as peak:
         shape = (case.batch, case.heads, case.tokens, case.head_dim)
         q, k, v = (
@@ -223,7 +242,7 @@ def measure_case(case: Case) -> dict:
             for _ in range(3)
         )
         grad = torch.randn(shape, device=case.device, dtype=dtype) if case.backward else None
-        run = _runner(case, q, k, v, grad)
+        run = _runner(case, layout, q, k, v, grad)
         seconds = _timed(run, case.device, case.repeats, case.min_seconds, case.warmup)
     ms = [s * 1e3 for s in seconds]
     quartiles = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3

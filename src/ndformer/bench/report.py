@@ -64,7 +64,8 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             c = row.case
-            values = [c.label, shape_text(c.shape), len(c.shape), c.tokens, c.heads, c.head_dim,
+            ndim = 3 if c.points else len(c.shape)
+            values = [c.label, c.shape_label, ndim, c.tokens, c.heads, c.head_dim,
                       c.batch, c.dtype, c.device, _pass(row)]  # fmt: skip
             for key in CSV_COLUMNS[10:17]:
                 value = row.value(key)
@@ -105,10 +106,10 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
         "`efficiency` = achieved GFLOP/s ÷ the matmul peak above.",
         "",
     ]
-    for shape in dict.fromkeys(r.case.shape for r in rows):
-        group = [r for r in rows if r.case.shape == shape]
+    for shape in dict.fromkeys((r.case.shape, r.case.points) for r in rows):
+        group = [r for r in rows if (r.case.shape, r.case.points) == shape]
         full = next((r for r in group if r.case.label.startswith("full") and r.result), None)
-        lines += [f"## {shape_text(shape)} ({group[0].case.tokens} tokens)", ""]
+        lines += [f"## {group[0].case.shape_label} ({group[0].case.tokens} tokens)", ""]
         lines += [
             "| pattern | median ms | IQR ms | peak MiB | pairs/query | GFLOP | GFLOP/s |"
             " efficiency | time vs full |",
@@ -142,14 +143,14 @@ def _exponent_section(rows: list[Row], sweep: bool) -> list[str]:
     lines = ["## Cost exponent", "", "time ∝ tokens^α, least squares over the sizes that ran."]
     if not sweep:
         lines.append("Fitted over this run's few sizes; `--sweep` fits over more, larger ones.")
-    lines += ["", "| pattern | ndim | sizes | α |", "|---|---:|---|---:|"]
-    for (label, ndim), alpha in alphas.items():
+    lines += ["", "| pattern | layout | sizes | α |", "|---|---|---|---:|"]
+    for (label, series), alpha in alphas.items():
         sizes = dict.fromkeys(
-            shape_text(r.case.shape)
+            r.case.shape_label
             for r in rows
-            if r.result is not None and r.case.label == label and len(r.case.shape) == ndim
+            if r.result is not None and r.case.label == label and r.case.series == series
         )
-        lines.append(f"| {_cell(label)} | {ndim} | {', '.join(sizes)} | {alpha:.2f} |")
+        lines.append(f"| {_cell(label)} | {series} | {', '.join(sizes)} | {alpha:.2f} |")
     return [*lines, ""]
 
 
@@ -165,20 +166,20 @@ def write_plots(rows: list[Row], out: Path) -> list[Path]:
         return []
     labels = list(dict.fromkeys(r.case.label for r in done))
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
-    markers = {1: "^", 2: "o", 3: "s", 4: "D"}
+    markers = {"1-D": "^", "2-D": "o", "3-D": "s", "4-D": "D", "points": "x"}
 
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for label in labels:
-        for ndim in sorted({len(r.case.shape) for r in done}):
+        for series in sorted({r.case.series for r in done}):
             points = sorted(
                 (r.case.tokens, r.result["median_ms"])
                 for r in done
-                if r.case.label == label and len(r.case.shape) == ndim
+                if r.case.label == label and r.case.series == series
             )
             if points:
                 x, y = zip(*points, strict=True)
-                ax.plot(x, y, marker=markers.get(ndim, "o"), color=colors[label],
-                        label=f"{label} ({ndim}-D)")  # fmt: skip
+                ax.plot(x, y, marker=markers.get(series, "o"), color=colors[label],
+                        label=f"{label} ({series})")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tokens")
@@ -190,15 +191,15 @@ def write_plots(rows: list[Row], out: Path) -> list[Path]:
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
 
-    shapes = list(dict.fromkeys(r.case.shape for r in done))
+    shapes = list(dict.fromkeys(r.case.shape_label for r in done))
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(labels)), 5), layout="constrained")
     width = 0.8 / len(shapes)
     for i, shape in enumerate(shapes):
         heights = []
         for label in labels:
-            match = [r for r in done if r.case.label == label and r.case.shape == shape]
+            match = [r for r in done if r.case.label == label and r.case.shape_label == shape]
             heights.append(100 * match[0].result["efficiency"] if match else 0.0)
-        ax.bar(np.arange(len(labels)) + i * width, heights, width, label=shape_text(shape))
+        ax.bar(np.arange(len(labels)) + i * width, heights, width, label=shape)
     ax.set_xticks(np.arange(len(labels)) + width * (len(shapes) - 1) / 2)
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("efficiency (% of matmul peak, true FLOPs)")

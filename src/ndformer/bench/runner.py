@@ -48,6 +48,8 @@ class BenchConfig:
 
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
     shapes: list[tuple[int, ...]] | None = None  # default: SWEEP / QUICK / DEFAULT_SHAPES
+    #: Generated 3-D point scenes of these many occupied voxels (after the grid shapes).
+    points: list[int] = field(default_factory=list)
     heads: int = 4
     head_dim: int = 32
     batch: int = 1
@@ -83,6 +85,8 @@ class BenchConfig:
             else:
                 self.shapes = list(QUICK_SHAPES if self.quick else DEFAULT_SHAPES)
         self.shapes = [Grid(s).shape for s in self.shapes]
+        for n in self.points:
+            check_int("points", n, minimum=1)
         short = self.quick or self.sweep
         if self.repeats is None:
             self.repeats = 3 if short else 10
@@ -111,23 +115,25 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
     large, estimated time too long) become rows with a note instead of a result.
     """
     # Every per-case setting (heads, dtype, repeats, ...) comes from the config field of its name.
-    per_case = [f.name for f in fields(Case) if f.name not in ("pattern", "reference", "shape")]
+    per_case = [
+        f.name for f in fields(Case) if f.name not in ("pattern", "reference", "shape", "points")
+    ]
     base = {name: getattr(config, name) for name in per_case}
     rows: list[Row] = []
-    for shape in config.shapes:
-        cases = [Case(pattern="full", reference=FULL_SDPA, shape=shape, **base)]
+    sizes = [(s, False) for s in config.shapes] + [((n,), True) for n in config.points]
+    for shape, points in sizes:
+        where = dict(shape=shape, points=points, **base)
+        cases = [Case(pattern="full", reference=FULL_SDPA, **where)]
         if not config.sweep:
-            cases.append(
-                Case(pattern=config.patterns[0], reference=DENSE_MASKED, shape=shape, **base)
-            )
-        cases += [Case(pattern=p, reference=None, shape=shape, **base) for p in config.patterns]
+            cases.append(Case(pattern=config.patterns[0], reference=DENSE_MASKED, **where))
+        cases += [Case(pattern=p, reference=None, **where) for p in config.patterns]
         rows += [_admit(case, config, peak_gflops) for case in cases]
     return rows
 
 
 def _admit(case: Case, config: BenchConfig, peak_gflops: float) -> Row:
     try:
-        pairs = pairs_per_head(case.pattern, case.shape, case.heads)
+        pairs = pairs_per_head(case.pattern, case.layout(), case.heads)
     except ValueError as err:
         return Row(case, note=f"skipped: {err}")
     if case.reference == DENSE_MASKED and dense_bytes(case) > config.max_memory_gib * 2**30:
@@ -186,12 +192,13 @@ def fit_exponent(tokens: list[int], times: list[float]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
 
 
-def sweep_exponents(rows: list[Row]) -> dict[tuple[str, int], float | None]:
-    """alpha per (pattern label, ndim) over the sizes that ran."""
-    series: dict[tuple[str, int], list[tuple[int, float]]] = {}
+def sweep_exponents(rows: list[Row]) -> dict[tuple[str, str], float | None]:
+    """alpha per (pattern label, series: ``2-D``, ``3-D``, ``points``...) over the sizes
+    that ran."""
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for row in rows:
         if row.result is not None:
-            key = (row.case.label, len(row.case.shape))
+            key = (row.case.label, row.case.series)
             series.setdefault(key, []).append((row.case.tokens, row.result["median_ms"]))
     return {
         key: fit_exponent([n for n, _ in points], [t for _, t in points])

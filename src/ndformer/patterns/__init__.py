@@ -9,6 +9,7 @@ from .base import Pattern, Separable, list_patterns
 from .compose import HeadSplit, Intersection, Union
 from .keysets import HiLo, KeySetPattern, Linear, Pooled, Routing, Summary
 from .local import Axial, Causal, Full, Neighborhood, Stripe, Window
+from .sorted import Flattened, Serialized
 from .spec import pattern
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "AxisRule",
     "Causal",
     "CausalRule",
+    "Flattened",
     "Full",
     "HeadSplit",
     "HiLo",
@@ -30,6 +32,7 @@ __all__ = [
     "Pooled",
     "Routing",
     "Separable",
+    "Serialized",
     "Stripe",
     "Summary",
     "Union",

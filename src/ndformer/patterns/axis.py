@@ -24,6 +24,9 @@ class AxisRule:
     #: tile (windows, neighborhoods, a whole axis). Causal axes are not: the
     #: tiled-SDPA fast path would need every earlier key in every tile.
     local: bool = True
+    #: True when the rule needs the axis' length (it clamps at the grid's borders), so it
+    #: has no meaning on sparse ``Points``.
+    needs_grid: bool = False
 
     def allowed(self, q: torch.Tensor, k: torch.Tensor, length: int) -> torch.Tensor:
         """Bool tensor: may query coordinate ``q`` see key coordinate ``k``? (broadcasts)"""
@@ -93,6 +96,7 @@ class NeighborhoodRule(AxisRule):
     kernel: int
     dilation: int = 1
     causal: bool = False
+    needs_grid = True
 
     def allowed(self, q: torch.Tensor, k: torch.Tensor, length: int) -> torch.Tensor:
         d, kernel = self.dilation, self.kernel

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..layout import Grid
-from .axis import AxisRule, relation
+from ..layout import Grid, Points
+from .axis import AllRule, AxisRule, PartitionRule, relation
 
 if TYPE_CHECKING:
     from ..kernels.geometry import TileGeometry
@@ -83,12 +83,20 @@ class Pattern:
         self.check(layout)
         return self.mask_rows(layout, torch.arange(layout.num_tokens), heads)
 
+    def group_ids(self, layout: Points) -> torch.Tensor | None:
+        """On ``Points``: LongTensor [N] with query i attending key j iff their ids are equal
+        (scenes included), or None if the pattern is not such a partition. The group
+        kernel uses it; the definition stays ``mask_rows``."""
+        return None
+
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
         """Number of keys each query attends to: LongTensor [1 or heads, N].
 
-        Exact; memory O(rows_per_step * N) here, O(N) for separable patterns.
+        Exact; memory O(rows_per_step * N) here, O(N) for separable patterns and groups.
         """
         self.check(layout)
+        if isinstance(layout, Points) and (ids := self.group_ids(layout)) is not None:
+            return torch.bincount(ids)[ids].unsqueeze(0)
         steps = [
             self.mask_rows(layout, rows, heads).sum(-1)
             for rows in torch.arange(layout.num_tokens).split(rows_per_step)
@@ -138,7 +146,13 @@ class Separable(Pattern):
         raise NotImplementedError
 
     def check(self, layout: Grid) -> None:
-        self.axis_rules(layout)
+        rules = self.axis_rules(layout)
+        if isinstance(layout, Points) and any(r.needs_grid for r in rules):
+            raise ValueError(
+                f"{self!r} is defined on a grid (its windows shift inward at the grid's"
+                f" borders) and {layout!r} has none: use window, stripe, serialized or"
+                " flattened attention on points"
+            )
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
         rules = self.axis_rules(layout)
@@ -147,9 +161,24 @@ class Separable(Pattern):
         allowed = torch.ones(len(queries), layout.num_tokens, dtype=torch.bool)
         for axis, rule in enumerate(rules):
             allowed &= rule.allowed(q[:, axis, None], coords[None, :, axis], layout.shape[axis])
+        if isinstance(layout, Points):  # never across scenes
+            allowed &= layout.batch[queries, None] == layout.batch[None, :]
         return allowed.unsqueeze(0)
 
+    def group_ids(self, layout: Points) -> torch.Tensor | None:
+        rules = self.axis_rules(layout)
+        if not all(isinstance(r, AllRule | PartitionRule) for r in rules):
+            return None
+        columns = [layout.batch] + [
+            r.window_id(layout.coords[:, a])
+            for a, r in enumerate(rules)
+            if isinstance(r, PartitionRule)
+        ]
+        return torch.unique(torch.stack(columns, 1), dim=0, return_inverse=True)[1]
+
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        if isinstance(layout, Points):
+            return super().key_counts(layout, heads, rows_per_step)
         # Separable: a query's key count is the product of its per-axis counts.
         from ..kernels.geometry import axis_outer
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._checks import check_int
-from ..layout import Grid
+from ..layout import Grid, Points
 from .base import Pattern, format_call, register
 
 if TYPE_CHECKING:
@@ -63,6 +63,15 @@ class _Combination(Pattern):
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
         return self._fold([p.mask_rows(layout, queries, heads) for p in self.parts])
+
+    def group_ids(self, layout: Points) -> torch.Tensor | None:
+        # Only an intersection of partitions is a partition (the pairs of ids).
+        if not isinstance(self, Intersection) or self.head_dependent:
+            return None
+        ids = [p.group_ids(layout) for p in self.parts]
+        if any(i is None for i in ids):
+            return None
+        return torch.unique(torch.stack(ids, 1), dim=0, return_inverse=True)[1]
 
     def block_any(self, geometry: TileGeometry) -> torch.Tensor:
         return self._fold([p.block_any(geometry) for p in self.parts])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import IntOrTuple, check_per_axis, per_axis
-from ..layout import Grid
+from ..layout import Grid, Points
 from ..tokens import patchify, unpatchify
 from .base import Pattern, format_call, register
 from .compose import HeadSplit
@@ -25,6 +25,15 @@ class KeySetPattern(Pattern):
     """Base of patterns defined by an attention formula rather than a mask."""
 
     is_mask = False
+    #: Whether the pattern has a definition on sparse ``Points``.
+    on_points = False
+
+    def check(self, layout: Grid | Points) -> None:
+        if isinstance(layout, Points) and not self.on_points:
+            raise ValueError(
+                f"{self!r} is defined on grids ({self.describe()}); on {layout!r} use pooled,"
+                " window, stripe, serialized or flattened attention"
+            )
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
         raise ValueError(
@@ -91,7 +100,9 @@ class Pooled(KeySetPattern):
             return tuple(-(-n // c) for n, c in zip(layout.shape, cells, strict=True))
         return per_axis("Pooled size", self.size, layout.ndim)
 
-    def check(self, layout: Grid) -> None:
+    on_points = True
+
+    def check(self, layout: Grid | Points) -> None:
         self._sizes(layout)
 
     def blocks(self, layout: Grid) -> tuple[int, ...]:
@@ -99,7 +110,23 @@ class Pooled(KeySetPattern):
         return tuple(-(-n // s) for n, s in zip(layout.shape, self._sizes(layout), strict=True))
 
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
+        if isinstance(layout, Points):  # the occupied blocks of the query's scene
+            _, scene = self.point_blocks(layout)
+            return torch.bincount(scene, minlength=layout.num_scenes)[layout.batch].unsqueeze(0)
         return torch.full((1, layout.num_tokens), math.prod(self.blocks(layout)), dtype=torch.long)
+
+    def point_blocks(self, layout: Points) -> tuple[torch.Tensor, torch.Tensor]:
+        """On points: the occupied block of every token [N] and the scene of every block
+        [M]; blocks are numbered scene by scene (a block never spans two scenes)."""
+        sizes = torch.tensor(self._sizes(layout), device=layout.coords.device)
+        columns = torch.cat((layout.batch[:, None], layout.coords // sizes), dim=1)
+        blocks, of_token = torch.unique(columns, dim=0, return_inverse=True)
+        return of_token, blocks[:, 0]
+
+    def effective_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        if isinstance(layout, Points):
+            return (layout.batch[queries, None] == layout.batch[None, :]).unsqueeze(0)
+        return super().effective_rows(layout, queries, heads)
 
     def block_ids(self, layout: Grid) -> torch.Tensor:
         """[N]: the row-major index of the block each token belongs to."""
@@ -108,13 +135,22 @@ class Pooled(KeySetPattern):
         return (layout.coords // torch.tensor(self._sizes(layout)) * torch.tensor(strides)).sum(-1)
 
     def pooling_matrix(self, layout: Grid, dtype: torch.dtype, device) -> torch.Tensor:
-        """[blocks, N]: row m averages the tokens of block m (the definition of pooling)."""
-        member = F.one_hot(self.block_ids(layout), math.prod(self.blocks(layout))).T.to(dtype)
+        """[blocks, N]: row m averages the tokens of block m (the definition of pooling);
+        on points, the occupied blocks of every scene."""
+        if isinstance(layout, Points):
+            ids = self.point_blocks(layout)[0].cpu()
+            member = F.one_hot(ids, int(ids.max()) + 1).T.to(dtype)
+        else:
+            member = F.one_hot(self.block_ids(layout), math.prod(self.blocks(layout))).T.to(dtype)
         return (member / member.sum(-1, keepdim=True)).to(device)
 
     def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
         pool = self.pooling_matrix(layout, q.dtype, q.device)
         scores = (q @ (pool @ k).transpose(-1, -2)) * scale
+        if isinstance(layout, Points):  # only the blocks of the query's own scene
+            scene = self.point_blocks(layout)[1].to(q.device)
+            same = layout.batch.to(q.device)[:, None] == scene[None, :]
+            scores = scores.masked_fill(~same, float("-inf"))
         return scores.softmax(-1) @ (pool @ v)
 
     def pool(self, x: torch.Tensor, layout: Grid) -> torch.Tensor:
@@ -128,9 +164,29 @@ class Pooled(KeySetPattern):
         return (sums / counts).reshape(b, h, -1, e)
 
     def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        if isinstance(layout, Points):
+            return self._fast_points(q, k, v, layout, scale)
         return F.scaled_dot_product_attention(
             q, self.pool(k, layout), self.pool(v, layout), scale=scale
         )
+
+    def _fast_points(self, q, k, v, layout: Points, scale: float) -> torch.Tensor:
+        of_token, scene = (t.to(q.device) for t in self.point_blocks(layout))
+        count = torch.bincount(of_token).to(q.dtype)[:, None]
+
+        def pool(x: torch.Tensor) -> torch.Tensor:  # segment means, O(N) memory
+            sums = x.new_zeros(*x.shape[:2], len(count), x.shape[-1]).index_add(2, of_token, x)
+            return sums / count
+
+        kp, vp = pool(k), pool(v)
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        for tokens in layout.scene_tokens():
+            tokens = tokens.to(q.device)
+            blocks = (scene == layout.batch[tokens[0]]).nonzero().squeeze(1)
+            out[:, :, tokens] = F.scaled_dot_product_attention(
+                q[:, :, tokens], kp[:, :, blocks], vp[:, :, blocks], scale=scale
+            )
+        return out
 
 
 def _windows(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Tensor:
@@ -177,6 +233,7 @@ class Summary(KeySetPattern):
         return f"it adds the pooled keys of every {self.block} block to its window's keys"
 
     def check(self, layout: Grid) -> None:
+        super().check(layout)
         per_axis("Summary window", self.window, layout.ndim)
         Pooled(self.block).check(layout)
 
@@ -238,6 +295,7 @@ class Routing(KeySetPattern):
         return tuple(min(s, n) for s, n in zip(sizes, layout.shape, strict=True))
 
     def check(self, layout: Grid) -> None:
+        super().check(layout)
         regions = math.prod(Pooled(self._sizes(layout)).blocks(layout))
         if self.topk > regions:
             raise ValueError(
