@@ -16,6 +16,7 @@ from .layers import Attention, Block, DropPath, Mlp
 from .layout import Grid, Points
 from .models import create_model, list_models
 from .patterns import list_patterns, pattern
+from .point_tokens import PointTokenizer, PointTokens
 from .position import RoPE
 from .tokens import PatchEmbed, patchify, unpatchify
 from .train import load
@@ -29,6 +30,8 @@ __all__ = [
     "Grid",
     "Mlp",
     "PatchEmbed",
+    "PointTokenizer",
+    "PointTokens",
     "Points",
     "RoPE",
     "__version__",

@@ -8,7 +8,7 @@ from torch import nn
 
 from ._checks import check_int
 from .attend import Backend, attend
-from .layout import Grid
+from .layout import Grid, Points
 from .patterns import Full, Pattern
 from .patterns import pattern as parse_pattern
 from .position import RoPE
@@ -56,7 +56,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, points: Points | None = None) -> torch.Tensor:
+        """x [B, *grid, dim]; or, with sparse ``points`` (N tokens), x [N, dim] or
+        [B, N, dim] with RoPE on the points' coordinates."""
+        if points is not None:
+            return self._forward_points(x, points)
         if x.dim() < 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention expects [B, *grid, dim={self.dim}], got {tuple(x.shape)}")
         batch, grid = x.shape[0], Grid(tuple(x.shape[1:-1]))
@@ -71,6 +75,26 @@ class Attention(nn.Module):
             q, k = rope(q, positions), rope(k, positions)
         out = attend(q, k, v, self.pattern, grid, backend=self.backend)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+    def _forward_points(self, x: torch.Tensor, points: Points) -> torch.Tensor:
+        single = x.dim() == 2
+        tokens = x[None] if single else x
+        if tokens.dim() != 3 or tokens.shape[1:] != (points.num_tokens, self.dim):
+            raise ValueError(
+                f"Attention on {points!r} expects x [N, dim] or [B, N, dim] with N ="
+                f" {points.num_tokens}, dim = {self.dim}; got {tuple(x.shape)}"
+            )
+        q, k, v = (
+            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for part in self.qkv(tokens).split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
+        )
+        if self.rope:
+            rope = RoPE(self.qk_head_dim, points.ndim, self.rope_base)
+            positions = points.coords_on(x.device)
+            q, k = rope(q, positions), rope(k, positions)
+        out = attend(q, k, v, self.pattern, points, backend=self.backend)
+        out = self.proj(out.transpose(1, 2).flatten(2))
+        return out[0] if single else out
 
     def forward_merged(
         self,
@@ -185,6 +209,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, points: Points | None = None) -> torch.Tensor:
+        """x [B, *grid, dim]; with sparse ``points``, x [N, dim] or [B, N, dim]."""
+        if points is not None and x.dim() == 2:  # one sample: drop_path acts on all of it
+            return self.forward(x[None], points)[0]
+        x = x + self.drop_path(self.attn(self.norm1(x), points))
         return x + self.drop_path(self.mlp(self.norm2(x)))

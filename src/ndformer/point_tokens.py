@@ -1,0 +1,129 @@
+"""Point clouds to tokens and back: volumetric patch tokens (Volume-Transformer style).
+
+``PointTokenizer`` quantizes float points into voxels of ``voxel_size``, groups
+voxels into patches of ``patch`` voxels per axis, and makes one token per occupied
+patch, embedded from its points (relative offsets and features through a per-point
+MLP, max-pooled). Tokens carry integer patch coordinates in a ``Points`` layout, so
+every pattern and RoPE work on them. ``detokenize`` gives every point its token's
+feature plus an embedding of its offset inside the patch, for per-point heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._checks import check_int
+from .layout import Points
+
+
+@dataclass
+class PointTokens:
+    """The result of tokenizing N points into T tokens."""
+
+    tokens: torch.Tensor  # [T, dim]
+    layout: Points  # T tokens: integer patch coordinates and scene index
+    point_token: torch.Tensor  # [N]: the token of every point
+    offsets: torch.Tensor  # [N, ndim]: position inside the token's patch, in [0, 1)
+
+
+class PointTokenizer(nn.Module):
+    """Float points [N, ndim] (+ features [N, in_chans]) -> one token per occupied patch.
+
+    Coordinates are shifted per scene so that each scene's minimum is 0, divided by
+    ``voxel_size`` and floored to voxels; a token's patch holds ``patch`` voxels per
+    axis. Its embedding is ``max`` over its points of ``mlp([offset, features])``
+    followed by a linear layer, where ``offset`` in [0, 1)^ndim is the point's place
+    inside the patch. ``ndim`` defaults to 3.
+    """
+
+    def __init__(
+        self,
+        voxel_size: float,
+        patch: int,
+        in_chans: int,
+        dim: int,
+        ndim: int = 3,
+        hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not voxel_size > 0:
+            raise ValueError(f"PointTokenizer voxel_size must be > 0, got {voxel_size}")
+        check_int("PointTokenizer patch", patch, minimum=1)
+        check_int("PointTokenizer in_chans", in_chans, minimum=0)
+        check_int("PointTokenizer dim", dim, minimum=1)
+        check_int("PointTokenizer ndim", ndim, minimum=1)
+        hidden = hidden or dim
+        self.voxel_size, self.patch, self.in_chans, self.dim, self.ndim = (
+            float(voxel_size), patch, in_chans, dim, ndim
+        )  # fmt: skip
+        self.point_mlp = nn.Sequential(
+            nn.Linear(ndim + in_chans, hidden), nn.LayerNorm(hidden), nn.GELU(),
+            nn.Linear(hidden, hidden),
+        )  # fmt: skip
+        self.proj = nn.Linear(hidden, dim)
+        self.offset_embed = nn.Sequential(nn.Linear(ndim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def _check(self, xyz: torch.Tensor, features, batch) -> torch.Tensor:
+        if xyz.dim() != 2 or xyz.shape[1] != self.ndim or not xyz.dtype.is_floating_point:
+            raise ValueError(
+                f"PointTokenizer xyz must be float [N, {self.ndim}], got {tuple(xyz.shape)}"
+                f" {xyz.dtype}"
+            )
+        n = xyz.shape[0]
+        if self.in_chans:
+            if features is None or features.shape != (n, self.in_chans):
+                got = None if features is None else tuple(features.shape)
+                raise ValueError(
+                    f"PointTokenizer features must be [N, in_chans] = [{n}, {self.in_chans}]"
+                    f" for xyz {tuple(xyz.shape)}, got {got}"
+                )
+        elif features is not None and features.shape[-1] != 0:
+            raise ValueError(f"PointTokenizer has in_chans=0 but got features {features.shape}")
+        if batch is None:
+            return torch.zeros(n, dtype=torch.long, device=xyz.device)
+        if batch.shape != (n,):
+            raise ValueError(f"PointTokenizer batch must be [N] = [{n}], got {tuple(batch.shape)}")
+        return batch.long()
+
+    def scaled(self, xyz: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Continuous voxel coordinates [N, ndim]: each scene shifted to start at 0, divided
+        by ``voxel_size``; ``floor`` gives the voxel of every point."""
+        scenes = int(batch.max()) + 1
+        lowest = xyz.new_full((scenes, self.ndim), float("inf"))
+        index = batch[:, None].expand(-1, self.ndim)
+        lowest = lowest.scatter_reduce(0, index, xyz.detach(), "amin")
+        return (xyz - lowest[batch]) / self.voxel_size
+
+    def forward(
+        self,
+        xyz: torch.Tensor,
+        features: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> PointTokens:
+        """xyz [N, ndim] float, features [N, in_chans], batch [N] (scene per point)."""
+        batch = self._check(xyz, features, batch)
+        scaled = self.scaled(xyz, batch)
+        patch_coords = torch.floor(scaled.detach()).long() // self.patch
+        keys = torch.cat((batch[:, None], patch_coords), dim=1)
+        unique, point_token = torch.unique(keys, dim=0, return_inverse=True)
+        offsets = (scaled / self.patch - patch_coords.to(xyz.dtype)).clamp(0, 1 - 1e-6)
+        inputs = offsets if not self.in_chans else torch.cat((offsets, features), dim=1)
+        per_point = self.point_mlp(inputs)  # [N, hidden]
+        index = point_token[:, None].expand_as(per_point)
+        pooled = per_point.new_full((len(unique), per_point.shape[1]), float("-inf"))
+        pooled = pooled.scatter_reduce(0, index, per_point, "amax", include_self=True)
+        layout = Points(unique[:, 1:], batch=unique[:, 0])
+        return PointTokens(self.proj(pooled), layout, point_token, offsets)
+
+    def detokenize(self, token_features: torch.Tensor, tokens: PointTokens) -> torch.Tensor:
+        """[T, dim] token features -> [N, dim] per-point features: the token's feature plus
+        an embedding of the point's offset inside the patch."""
+        expected = (tokens.layout.num_tokens, self.dim)
+        if token_features.shape != expected:
+            raise ValueError(
+                f"detokenize needs token features {expected}, got {tuple(token_features.shape)}"
+            )
+        return token_features[tokens.point_token] + self.offset_embed(tokens.offsets)
