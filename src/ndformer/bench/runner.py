@@ -61,7 +61,7 @@ class BenchConfig:
     max_memory_gib: float = 4.0
     max_seconds: float = 20.0  # per timed call; longer cases are skipped as estimated
     repeats: int | None = None  # timed calls per case (default 3 with --quick/--sweep, else 10)
-    min_seconds: float | None = None  # keep timing at least this long (default 0 / 1.0)
+    min_seconds: float | None = None  # keep timing at least this long (default 0.25 / 1.0)
     warmup: int | None = None  # untimed calls first (default 1 with --quick/--sweep, else 2)
 
     def __post_init__(self) -> None:
@@ -91,7 +91,7 @@ class BenchConfig:
         if self.repeats is None:
             self.repeats = 3 if short else 10
         if self.min_seconds is None:
-            self.min_seconds = 0.0 if short else 1.0
+            self.min_seconds = 0.25 if short else 1.0
         if self.warmup is None:
             self.warmup = 1 if short else 2
 

@@ -11,7 +11,7 @@ import torch
 
 from .._checks import check_int
 from ..layout import Grid, Points
-from .base import Pattern, format_call, register
+from .base import Pattern, format_call, partition_ids, register
 
 if TYPE_CHECKING:
     from ..kernels.geometry import TileGeometry
@@ -71,7 +71,7 @@ class _Combination(Pattern):
         ids = [p.group_ids(layout) for p in self.parts]
         if any(i is None for i in ids):
             return None
-        return torch.unique(torch.stack(ids, 1), dim=0, return_inverse=True)[1]
+        return partition_ids(torch.stack(ids, 1))
 
     def block_any(self, geometry: TileGeometry) -> torch.Tensor:
         return self._fold([p.block_any(geometry) for p in self.parts])

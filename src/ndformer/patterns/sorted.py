@@ -42,8 +42,10 @@ def sorted_groups(batch: torch.Tensor, order: torch.Tensor, group: int, shift: i
     start = torch.cummax(torch.where(first, index, 0), 0).values
     position = index - start
     local = (position + shift) // group
-    pairs = torch.stack((scene, local), 1)
-    ids_sorted = torch.unique(pairs, dim=0, return_inverse=True)[1]
+    # sorted runs: a new group starts at every scene start and wherever `local` steps
+    starts = first.clone()
+    starts[1:] |= local[1:] != local[:-1]
+    ids_sorted = torch.cumsum(starts.long(), 0) - 1
     ids = torch.empty_like(ids_sorted)
     ids[order] = ids_sorted
     return ids
