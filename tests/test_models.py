@@ -11,15 +11,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ndformer import create_model, list_models
-from ndformer.models import ModelConfig, build_model
+from ndformer.models import POINT_ARCHS, ModelConfig, build_model
+from ndformer.models.config import MODELS
 from ndformer.models.parts import DepthwiseConv, upsample_nearest
+from ndformer.point_tokens import PointBatch
 
 SIZES = {1: (13,), 2: (9, 7), 3: (5, 6, 7), 4: (3, 4, 5, 3)}
 
 
+GRID_MODELS = [n for n in list_models() if MODELS[n]["arch"] not in POINT_ARCHS]
+POINT_MODELS = [n for n in list_models() if MODELS[n]["arch"] in POINT_ARCHS]
+
+
 def small(name: str, ndim: int, head: str) -> dict:
     kw = dict(ndim=ndim, in_chans=2, num_classes=3, head=head, patch=2)
-    if name.startswith("vit"):
+    if name.startswith("volt"):
+        kw.update(depth=2, dim=24, heads=2, voxel_size=0.5)
+    elif name.startswith("voxconv"):
+        kw.update(dim=8, voxel_size=0.5)
+    elif name.startswith("vit"):
         kw.update(depth=2, dim=32, heads=2)
     elif name.startswith("hvit"):
         kw.update(depth=(1, 1, 1, 1), dim=16, heads=(1, 2, 2, 2), pattern="window(2)")
@@ -28,7 +38,7 @@ def small(name: str, ndim: int, head: str) -> dict:
     return kw
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", GRID_MODELS)
 @pytest.mark.parametrize("ndim", [1, 2, 3, 4])
 @pytest.mark.parametrize("head", ["classification", "segmentation"])
 def test_every_model_runs_in_every_ndim_on_non_divisible_sizes(name, ndim, head):
@@ -41,6 +51,19 @@ def test_every_model_runs_in_every_ndim_on_non_divisible_sizes(name, ndim, head)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     features = model.forward_features(x)
     assert features.shape[0] == 2 and features.shape[-1] == model.num_features
+
+
+@pytest.mark.parametrize("name", POINT_MODELS)
+@pytest.mark.parametrize("ndim", [1, 2, 3, 4])
+def test_every_point_model_segments_points_in_every_ndim(name, ndim):
+    model = create_model(name, **small(name, ndim, "segmentation"))
+    gen = torch.Generator().manual_seed(ndim)
+    xyz = torch.rand(300, ndim, generator=gen) * 6
+    points = PointBatch(xyz, torch.randn(300, 2, generator=gen), (torch.arange(300) >= 120).long())
+    out = model(points)
+    assert out.shape == (300, 3)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -145,8 +145,12 @@ def sorted_group_of(spec, points: Points) -> list[tuple[int, int]]:
     coords, batch = points.coords.tolist(), points.batch.tolist()
     if spec[0] == "serialized":
         _, order, group, shift = spec
-        codes = serialize(points.coords, order).tolist()
-        key = [(c,) for c in codes]
+        key = [None] * len(coords)
+        for scene in set(batch):  # each scene's codes with the fewest bits for that scene
+            members = [i for i in range(len(coords)) if batch[i] == scene]
+            codes = serialize(points.coords[members], order).tolist()
+            for i, code in zip(members, codes):
+                key[i] = (code,)
     else:
         _, window, group, axes, shift = spec
         axes = axes or tuple(range(len(window)))

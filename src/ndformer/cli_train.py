@@ -17,6 +17,10 @@ Examples:
 
   ndformer train --task shapes3d-16 --model hvit-tiny --pattern "window(4)" --teacher conv --out runs/s
 
+  ndformer train --task scenes-points --model volt-tiny --steps 800 --out runs/rooms  (point clouds)
+
+  ndformer train --data my_scans/ --model volt-tiny --out runs/scans      (folder of labelled .ply/.npz)
+
   ndformer train --data my_images/ --model vit-small --out runs/mine      (folder of class folders)
 
   ndformer train ... --out runs/x --resume                                (continue a stopped run)
@@ -28,6 +32,16 @@ Examples:
   ndformer evaluate runs/x                    (the run's own task, test split)
 
   ndformer evaluate runs/x --data other.npz   (another data set with the same layout)
+"""
+
+EXAMPLES_PREDICT = """
+Examples:
+
+  ndformer train --task scenes-points --model volt-tiny --out runs/rooms
+
+  ndformer predict runs/rooms scene.ply --out labels.ply    (x, y, z, label colours, label)
+
+  ndformer predict runs/rooms scan.npz --out labels.npz     (npz: xyz [n, 3], optional rgb)
 """
 
 EXAMPLES_ARENA = """
@@ -44,7 +58,9 @@ Examples:
   ndformer arena --patterns full --keep-rate 0.7 0.5     (full attention with EViT fusion)
 
   ndformer arena --data my_scans.npz --model hvit-tiny --patterns "window(4)" "window(7)"
-"""
+
+  ndformer arena --task scenes-points --model volt-tiny --batch-size 4 --patterns full "serialized('hilbert', 64)"
+"""  # noqa: E501
 
 
 def _overrides(text: str | None, fail) -> dict:
@@ -57,6 +73,28 @@ def _overrides(text: str | None, fail) -> dict:
     if not isinstance(value, dict):
         fail(f"--overrides must be a JSON object, got {text!r}")
     return value
+
+
+def _default_batch(task: str | None, data: Path | None) -> int:
+    """64 samples per step; 4 scenes for point clouds (each holds 10^4+ points)."""
+    from .tasks.points import POINT_SUFFIXES, is_point_folder
+
+    points = (task or "").startswith("scenes-points") or (
+        data is not None and (data.suffix in POINT_SUFFIXES or is_point_folder(data))
+    )
+    return 4 if points else 64
+
+
+def _print_class_ious(console, score, names: list[str] | None) -> None:
+    """The IoU of every class, after an mIoU."""
+    if score is None or score.per_class is None:
+        return
+    names = names or [str(c) for c in range(len(score.per_class))]
+    ious = (
+        f"{n} {'-' if v is None else f'{100 * v:.1f}'}"
+        for n, v in zip(names, score.per_class, strict=True)
+    )
+    console.print("IoU per class (%): " + ", ".join(ious))
 
 
 def register(app: typer.Typer, console, fail) -> None:
@@ -80,7 +118,10 @@ def register(app: typer.Typer, console, fail) -> None:
             str | None, typer.Option(help="Model config overrides as JSON, e.g. '{\"depth\": 4}'.")
         ] = None,
         steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
-        batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 64,
+        batch_size: Annotated[
+            int | None,
+            typer.Option(help="Samples per step. [default: 64; 4 scenes for point clouds]"),
+        ] = None,
         lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
         weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
         seed: Annotated[int, typer.Option(help="Seed of init, batches and augmentation.")] = 0,
@@ -94,7 +135,7 @@ def register(app: typer.Typer, console, fail) -> None:
         resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     ) -> None:
         """Train a model on a task or on your data; checkpoints are written atomically."""
-        from .train import TrainConfig, TrainingError, fit
+        from .train import TrainConfig, TrainingError, fit, read_run
 
         try:
             config = TrainConfig(
@@ -105,7 +146,7 @@ def register(app: typer.Typer, console, fail) -> None:
                 patch=patch,
                 overrides=_overrides(overrides, fail),
                 steps=steps,
-                batch_size=batch_size,
+                batch_size=batch_size or _default_batch(task, data),
                 lr=lr,
                 weight_decay=weight_decay,
                 seed=seed,
@@ -119,6 +160,7 @@ def register(app: typer.Typer, console, fail) -> None:
         except (TrainingError, ValueError) as error:
             fail(str(error))
         console.print(f"test {result.score}  ({result.samples_per_s:.0f} train samples/s)")
+        _print_class_ious(console, result.score, read_run(out)["data"].get("class_names"))
         console.print(f"run directory: {out}  (ndformer evaluate {out})")
 
     @app.command(epilog=EXAMPLES_EVALUATE)
@@ -146,6 +188,26 @@ def register(app: typer.Typer, console, fail) -> None:
         except ValueError as error:
             fail(str(error))
         console.print(f"{dataset.name} {split}: {score}")
+        _print_class_ious(console, score, dataset.class_names)
+
+    @app.command(epilog=EXAMPLES_PREDICT)
+    def predict(
+        run: Annotated[Path, typer.Argument(help="A run directory of a point model.")],
+        scene: Annotated[Path, typer.Argument(help="A point cloud: .ply or .npz (xyz, rgb).")],
+        out: Annotated[Path, typer.Option(help="Where to write the labels: .ply or .npz.")],
+    ) -> None:
+        """Segment a point cloud with a trained point model; writes per-point labels."""
+        from .train import segment_file
+
+        try:
+            result = segment_file(run, scene, out)
+        except ValueError as error:
+            fail(str(error))
+        counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
+        console.print(f"{result['points']} points: {counts}")
+        if "miou" in result:
+            console.print(f"mIoU against the file's labels: {100 * result['miou']:.1f}%")
+        console.print(f"wrote {out}")
 
     @app.command(epilog=EXAMPLES_ARENA)
     def arena(
@@ -164,6 +226,9 @@ def register(app: typer.Typer, console, fail) -> None:
             typer.Option(help="Training minutes for the whole arena, split evenly. [default: 7.5]"),
         ] = None,
         seeds: Annotated[int, typer.Option(help="Runs per pattern.")] = 1,
+        batch_size: Annotated[
+            int | None, typer.Option(help="Samples (scenes for point data) per step. [default: 64]")
+        ] = None,
         token_merging: Annotated[
             list[int] | None,
             typer.Option(help="Also run full attention with ToMe merging R tokens per block."),
@@ -200,6 +265,8 @@ def register(app: typer.Typer, console, fail) -> None:
                 config.overrides = _overrides(overrides, fail)
             if steps:
                 config.steps, config.minutes = steps, None
+            if batch_size:
+                config.batch_size = batch_size
             if minutes:
                 config.minutes = minutes
             config.__post_init__()

@@ -10,6 +10,7 @@ feature plus an embedding of its offset inside the patch, for per-point heads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,41 @@ from .layout import Points
 
 
 @dataclass
+class PointBatch:
+    """Several point clouds in one padding-free batch.
+
+    ``xyz`` float [N, ndim] (metres), ``features`` float [N, C] (e.g. colours in
+    [0, 1]; C may be 0), ``batch`` int64 [N]: the scene of every point, 0..scenes-1.
+    """
+
+    xyz: torch.Tensor
+    features: torch.Tensor
+    batch: torch.Tensor
+
+    @classmethod
+    def from_scenes(cls, scenes: list[tuple[torch.Tensor, torch.Tensor | None]]) -> PointBatch:
+        """Concatenate scenes given as (xyz [n_i, ndim], features [n_i, C] or None)."""
+        if not scenes:
+            raise ValueError("PointBatch.from_scenes needs at least one scene")
+        xyz = torch.cat([torch.as_tensor(x).float() for x, _ in scenes])
+        features = torch.cat(
+            [torch.zeros(len(x), 0) if f is None else torch.as_tensor(f).float() for x, f in scenes]
+        )
+        sizes = torch.tensor([len(x) for x, _ in scenes])
+        return cls(xyz, features, torch.repeat_interleave(torch.arange(len(scenes)), sizes))
+
+    @property
+    def num_scenes(self) -> int:
+        return int(self.batch.max()) + 1 if self.batch.numel() else 0
+
+    def __len__(self) -> int:
+        return self.xyz.shape[0]
+
+    def to(self, device: torch.device | str) -> PointBatch:
+        return PointBatch(self.xyz.to(device), self.features.to(device), self.batch.to(device))
+
+
+@dataclass
 class PointTokens:
     """The result of tokenizing N points into T tokens."""
 
@@ -27,6 +63,7 @@ class PointTokens:
     layout: Points  # T tokens: integer patch coordinates and scene index
     point_token: torch.Tensor  # [N]: the token of every point
     offsets: torch.Tensor  # [N, ndim]: position inside the token's patch, in [0, 1)
+    point_features: torch.Tensor  # [N, hidden]: every point's own embedding (for skips)
 
 
 class PointTokenizer(nn.Module):
@@ -64,7 +101,10 @@ class PointTokenizer(nn.Module):
             nn.Linear(hidden, hidden),
         )  # fmt: skip
         self.proj = nn.Linear(hidden, dim)
-        self.offset_embed = nn.Sequential(nn.Linear(ndim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.hidden = hidden
+        self.offset_embed = nn.Sequential(
+            nn.Linear(ndim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        )  # fmt: skip
 
     def _check(self, xyz: torch.Tensor, features, batch) -> torch.Tensor:
         if xyz.dim() != 2 or xyz.shape[1] != self.ndim or not xyz.dtype.is_floating_point:
@@ -107,8 +147,7 @@ class PointTokenizer(nn.Module):
         batch = self._check(xyz, features, batch)
         scaled = self.scaled(xyz, batch)
         patch_coords = torch.floor(scaled.detach()).long() // self.patch
-        keys = torch.cat((batch[:, None], patch_coords), dim=1)
-        unique, point_token = torch.unique(keys, dim=0, return_inverse=True)
+        unique, point_token = _unique_rows(torch.cat((batch[:, None], patch_coords), dim=1))
         offsets = (scaled / self.patch - patch_coords.to(xyz.dtype)).clamp(0, 1 - 1e-6)
         inputs = offsets if not self.in_chans else torch.cat((offsets, features), dim=1)
         per_point = self.point_mlp(inputs)  # [N, hidden]
@@ -116,7 +155,7 @@ class PointTokenizer(nn.Module):
         pooled = per_point.new_full((len(unique), per_point.shape[1]), float("-inf"))
         pooled = pooled.scatter_reduce(0, index, per_point, "amax", include_self=True)
         layout = Points(unique[:, 1:], batch=unique[:, 0])
-        return PointTokens(self.proj(pooled), layout, point_token, offsets)
+        return PointTokens(self.proj(pooled), layout, point_token, offsets, per_point)
 
     def detokenize(self, token_features: torch.Tensor, tokens: PointTokens) -> torch.Tensor:
         """[T, dim] token features -> [N, dim] per-point features: the token's feature plus
@@ -127,3 +166,20 @@ class PointTokenizer(nn.Module):
                 f"detokenize needs token features {expected}, got {tuple(token_features.shape)}"
             )
         return token_features[tokens.point_token] + self.offset_embed(tokens.offsets)
+
+
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(rows, dim=0, return_inverse=True)`` for non-negative int64 rows
+    [N, d], through one packed int64 key per row (a 1-D unique is much faster)."""
+    extent = (rows.amax(0) + 1).tolist() if len(rows) else [1] * rows.shape[1]
+    if math.prod(extent) >= 2**62:  # does not pack: the row-wise unique
+        return torch.unique(rows, dim=0, return_inverse=True)
+    key = torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+    for axis, size in enumerate(extent):
+        key = key * size + rows[:, axis]
+    packed, inverse = torch.unique(key, return_inverse=True)
+    unique = torch.empty(len(packed), rows.shape[1], dtype=torch.long, device=rows.device)
+    for axis in reversed(range(rows.shape[1])):
+        unique[:, axis] = packed % extent[axis]
+        packed = packed // extent[axis]
+    return unique, inverse

@@ -20,42 +20,58 @@ import torch
 
 from ..bench.measure import PeakMemory, pairs_per_head
 from ..layers import Attention
-from ..layout import Grid
+from ..layout import Grid, Points
 from ..models import NdModel
-from ..tasks import TaskData
+from ..point_tokens import PointBatch
+from ..tasks.points import IGNORE
 from ..train import TrainConfig, build_for, fit, resolve_data
-from ..train.loop import batch_indices
+from ..train.loop import Data, batch_indices, make_batch, num_samples
 
 
-def attention_gflop(model: NdModel, sample: torch.Tensor) -> float:
+def _one_sample(sample):
+    """The first sample of a batch (the first scene of a ``PointBatch``)."""
+    if isinstance(sample, PointBatch):
+        keep = sample.batch == 0
+        return PointBatch(sample.xyz[keep], sample.features[keep], sample.batch[keep])
+    return sample[:1]
+
+
+def attention_gflop(model: NdModel, sample) -> float:
     """Forward attention GFLOP for one sample: 4 * pairs * head_dim over heads and layers.
 
-    ``pairs`` are counted exactly from each layer's pattern on the token grid it sees;
-    with token reduction, each block attends among the tokens it has left (n_l^2).
+    ``pairs`` are counted exactly from each layer's pattern on the layout it sees (the
+    token grid, or the ``Points`` of a point model's tokens); with token reduction,
+    each block attends among the tokens it has left (n_l^2).
     """
+    sample = _one_sample(sample)
     if getattr(model, "reduces_tokens", False):
-        n = model.patch_embed(sample[:1]).shape[1:-1].numel()
+        n = model.patch_embed(sample).shape[1:-1].numel()
         total = 0.0
         for block, tokens in zip(model.blocks, model.token_counts(n), strict=True):
             total += 4.0 * tokens * tokens * block.attn.head_dim * block.attn.heads
         return total / 1e9
-    grids: list[tuple[Attention, tuple[int, ...]]] = []
+    layouts: list[tuple[Attention, Grid | Points]] = []
+
+    def record(module, args):
+        points = args[1] if len(args) > 1 else None
+        layouts.append((module, points if points is not None else Grid(tuple(args[0].shape[1:-1]))))
+
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args: grids.append((mod, args[0].shape[1:-1])))
-        for m in model.modules()
-        if isinstance(m, Attention)
+        m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Attention)
     ]
     try:
         with torch.inference_mode():
-            model.eval()(sample[:1])
+            model.eval()(sample)
     finally:
         for hook in hooks:
             hook.remove()
     total = 0.0
-    for module, grid in grids:
-        own = module.pattern.forward_flops(Grid(tuple(grid)), module.heads, module.head_dim)
+    for module, layout in layouts:
+        own = None
+        if isinstance(layout, Grid):
+            own = module.pattern.forward_flops(layout, module.heads, module.head_dim)
         if own is None:
-            pairs = pairs_per_head(repr(module.pattern), tuple(grid), module.heads)
+            pairs = pairs_per_head(repr(module.pattern), layout, module.heads)
             own = 4.0 * sum(pairs) * module.head_dim
         total += own
     return total / 1e9
@@ -73,16 +89,16 @@ def inference_ms(model: NdModel, batch: torch.Tensor, repeats: int = 7) -> float
     return 1e3 * statistics.median(times[1:])
 
 
-def steps_for_budget(config: TrainConfig, data: TaskData, seconds: float) -> int:
+def steps_for_budget(config: TrainConfig, data: Data, seconds: float) -> int:
     """Training steps that fit ``seconds``, from timing a few steps of a throwaway copy."""
     model = build_for(config, data)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for step in range(5):
-        index = batch_indices(config, len(data.y["train"]), step)
-        x, y = data.normalize(data.x["train"][index]), data.y["train"][index]
+        index = batch_indices(config, num_samples(data, "train"), step)
+        x, y = make_batch(data, "train", index)
         start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=IGNORE)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -100,13 +116,14 @@ def run_entry(config: dict[str, Any], out: str, budget_seconds: float | None = N
     with PeakMemory("cpu") as peak:
         result = fit(train_config, Path(out), data=data, progress=False)
     model = result.model
-    batch = data.normalize(data.x["test"][: train_config.batch_size])
+    count = min(train_config.batch_size, num_samples(data, "test"))
+    batch, _ = make_batch(data, "test", range(count))
     return dict(
         score=result.score.to_dict(),
         steps=train_config.steps,
         samples_per_s=result.samples_per_s,
         inference_ms=inference_ms(model, batch),
-        inference_batch=len(batch),
+        inference_batch=count,
         peak_mib=peak.bytes / 2**20,
         attention_gflop=attention_gflop(model, batch),
         params=sum(p.numel() for p in model.parameters()),

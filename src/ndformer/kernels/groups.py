@@ -21,6 +21,8 @@ from ..patterns import Pattern
 
 #: Groups longer than this run one exact SDPA each (no padding, no mask).
 LONG_GROUP = 2048
+#: Groups at least this long go through fused SDPA with a key-padding mask.
+FUSED_GROUP = 256
 #: Score elements (batch x heads x groups x length x length) per padded SDPA call.
 CHUNK_ELEMENTS = 2**24
 
@@ -65,11 +67,16 @@ def group_attention(
         step = max(1, CHUNK_ELEMENTS // per_group)
         for lo in range(0, len(chosen), step):
             i, ok = idx[lo : lo + step], valid[lo : lo + step]
-            # Small batched matmuls beat SDPA's per-call overhead on many short groups.
-            scores = (q[:, :, i] @ k[:, :, i].transpose(-1, -2)) * scale  # [B, h, S, L, L]
-            if not bool(ok.all()):  # keys: real tokens only
-                scores = scores.masked_fill(~ok[:, None, :], float("-inf"))
-            out = scores.softmax(-1) @ v[:, :, i]  # [B, h, S, length, Ev]
+            if length >= FUSED_GROUP:  # long groups: fused SDPA, no score tensor kept
+                mask = None if bool(ok.all()) else ok[:, None, :]  # keys: real tokens only
+                out = F.scaled_dot_product_attention(
+                    q[:, :, i], k[:, :, i], v[:, :, i], attn_mask=mask, scale=scale
+                )
+            else:  # small batched matmuls beat SDPA's per-call overhead on short groups
+                scores = (q[:, :, i] @ k[:, :, i].transpose(-1, -2)) * scale  # [B, h, S, L, L]
+                if not bool(ok.all()):
+                    scores = scores.masked_fill(~ok[:, None, :], float("-inf"))
+                out = scores.softmax(-1) @ v[:, :, i]  # [B, h, S, length, Ev]
             indices.append(i[ok])
             outputs.append(out[:, :, ok])
     every = torch.cat(indices)

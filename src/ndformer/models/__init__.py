@@ -2,15 +2,17 @@
 
 Every model maps [B, in_chans, *spatial] (any ndim, any size: non-divisible sizes
 are padded and cropped back) to [B, num_classes] or, with ``head='segmentation'``,
-to [B, num_classes, *spatial].
+to [B, num_classes, *spatial]. Point models (``volt-*``, ``voxconv-*``) map a
+``PointBatch`` to per-point logits [N, num_classes].
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .config import MODELS, ModelConfig
+from .config import MODELS, POINT_ARCHS, ModelConfig
 from .nets import HierarchicalNet, NdModel, VisionTransformer
+from .points import PointModel, VoltNet, VoxelConvNet
 
 
 def list_models() -> list[str]:
@@ -20,7 +22,8 @@ def list_models() -> list[str]:
 
 def build_model(config: ModelConfig) -> NdModel:
     """The model described by ``config`` (fresh weights from the current torch seed)."""
-    return VisionTransformer(config) if config.arch == "vit" else HierarchicalNet(config)
+    classes = {"vit": VisionTransformer, "volt": VoltNet, "voxconv": VoxelConvNet}
+    return classes.get(config.arch, HierarchicalNet)(config)
 
 
 def create_model(name: str, **overrides: Any) -> NdModel:
@@ -34,10 +37,14 @@ def create_model(name: str, **overrides: Any) -> NdModel:
 
 
 __all__ = [
+    "POINT_ARCHS",
     "HierarchicalNet",
     "ModelConfig",
     "NdModel",
+    "PointModel",
     "VisionTransformer",
+    "VoltNet",
+    "VoxelConvNet",
     "build_model",
     "create_model",
     "list_models",

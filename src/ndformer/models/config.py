@@ -11,7 +11,9 @@ from .._checks import check_int, check_per_axis
 from ..patterns import Full, Pattern
 from ..patterns import pattern as parse_pattern
 
-ARCHS = ("vit", "hvit", "conv")
+ARCHS = ("vit", "hvit", "conv", "volt", "voxconv")
+#: Architectures that segment point clouds (``PointBatch`` in, [N, classes] out).
+POINT_ARCHS = ("volt", "voxconv")
 HEADS = ("classification", "segmentation")
 
 PatternSpec = str | list[str]
@@ -40,6 +42,9 @@ class ModelConfig:
 
     - ``arch``: ``vit`` (plain transformer over patch tokens), ``hvit`` (hierarchical,
       stages halve every axis) or ``conv`` (N-D depthwise-conv network, the teacher).
+    - ``volt`` (point clouds: ``PointTokenizer`` patch tokens of ``patch`` voxels of
+      ``voxel_size`` metres, blocks on their ``Points`` layout, per-point logits) and
+      ``voxconv`` (point clouds through a ``conv`` network over voxels, the teacher).
     - ``head``: ``classification`` (mean-pooled tokens -> logits [B, classes]) or
       ``segmentation`` (per-token logits unpatchified to [B, classes, *spatial]).
     - ``depth`` / ``heads``: ints for ``vit``; one entry per stage for ``hvit``/``conv``.
@@ -69,6 +74,7 @@ class ModelConfig:
     kernel: int = 3
     token_merging: int = 0
     keep_rate: float = 1.0
+    voxel_size: float = 0.1
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -88,9 +94,14 @@ class ModelConfig:
             raise ValueError(f"patch {self.patch} has {len(self.patch)} entries, ndim={self.ndim}")
         self.depth = _tuple(check_per_axis("depth", self.depth, minimum=1))
         self.heads = _tuple(check_per_axis("heads", self.heads, minimum=1))
-        if self.arch == "vit" and not (isinstance(self.depth, int) and isinstance(self.heads, int)):
-            raise ValueError(f"vit takes int depth and heads, got {self.depth!r}, {self.heads!r}")
-        if self.arch != "vit":
+        flat = self.arch in ("vit", "volt")
+        if flat and not (isinstance(self.depth, int) and isinstance(self.heads, int)):
+            raise ValueError(
+                f"{self.arch} takes int depth and heads, got {self.depth!r}, {self.heads!r}"
+            )
+        if self.arch in POINT_ARCHS:
+            self._check_points()
+        if not flat:
             stages = len(self.depth) if isinstance(self.depth, tuple) else 1
             self.depth = self.depth if isinstance(self.depth, tuple) else (self.depth,)
             self.heads = self.heads if isinstance(self.heads, tuple) else (self.heads,) * stages
@@ -116,6 +127,14 @@ class ModelConfig:
             self.stage_patterns = [
                 _spec_list(f"stage_patterns[{i}]", p) for i, p in enumerate(self.stage_patterns)
             ]
+
+    def _check_points(self) -> None:
+        if self.head != "segmentation":
+            raise ValueError(f"arch {self.arch!r} segments points: head must be 'segmentation'")
+        if isinstance(self.voxel_size, bool) or not self.voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0 (metres), got {self.voxel_size!r}")
+        if self.arch == "volt" and isinstance(self.patch, tuple) and len(set(self.patch)) > 1:
+            raise ValueError(f"volt takes one patch size for every axis, got {self.patch}")
 
     def _check_token_reduction(self) -> None:
         """Reduced tokens no longer form a grid: only full attention in a plain vit follows."""
@@ -170,6 +189,8 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+VOLT_TINY_DIM = 128
+
 _HVIT_TINY: dict[str, Any] = dict(
     arch="hvit",
     dim=96,
@@ -186,4 +207,13 @@ MODELS: dict[str, dict[str, Any]] = {
     "hvit-tiny": _HVIT_TINY,
     "hvit-small": {**_HVIT_TINY, "depth": (2, 2, 18, 2)},
     "conv-tiny": dict(arch="conv", dim=32, depth=(2, 2, 2, 2), heads=1, patch=2),
+    "volt-tiny": dict(
+        arch="volt", ndim=3, head="segmentation", dim=VOLT_TINY_DIM, depth=6, heads=4, patch=4
+    ),
+    "volt-small": dict(
+        arch="volt", ndim=3, head="segmentation", dim=256, depth=12, heads=8, patch=4
+    ),
+    "voxconv-tiny": dict(
+        arch="voxconv", ndim=3, head="segmentation", dim=32, depth=(2, 2, 2, 2), heads=1, patch=2
+    ),
 }

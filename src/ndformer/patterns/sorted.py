@@ -87,10 +87,12 @@ def _check_group(name: str, group: int, shift: int) -> None:
 @dataclass(frozen=True, repr=False)
 class Serialized(SortedGroups):
     """Point Transformer V3's serialized attention: sort each scene's tokens by their
-    ``order`` curve code (``z``, ``hilbert``, ``z-trans``, ``hilbert-trans``; ties keep
-    token order); the token at sorted position p is in group ``(p + shift) // group``;
-    attend iff same scene and same group. ``shift = group // 2`` between layers plays
-    the role of Swin's shifted windows.
+    ``order`` curve code (``z``, ``hilbert``, ``z-trans``, ``hilbert-trans``; with the
+    fewest bits per axis that hold the scene's coordinates, so a scene's groups do not
+    depend on the rest of the batch; ties keep token order); the token at sorted
+    position p is in group ``(p + shift) // group``; attend iff same scene and same
+    group. ``shift = group // 2`` between layers plays the role of Swin's shifted
+    windows.
     """
 
     order: str = "hilbert"
@@ -112,7 +114,22 @@ class Serialized(SortedGroups):
         serialize(points.coords, self.order)  # raises if the codes do not fit 63 bits
 
     def sort_keys(self, points: Points) -> list[torch.Tensor]:
-        return [serialize(points.coords, self.order)]
+        """Each scene's codes with the fewest bits that hold that scene's coordinates, so a
+        scene's groups never depend on the other scenes of the batch (Hilbert orders
+        differ between bit depths)."""
+        coords, batch = points.coords, points.batch
+        scenes = int(batch.max()) + 1 if batch.numel() else 0
+        index = batch[:, None].expand_as(coords)
+        highest = coords.new_zeros(scenes, coords.shape[1]).scatter_reduce(0, index, coords, "amax")
+        bits = torch.tensor(
+            [max(1, h.bit_length()) for h in highest.amax(1).tolist()], device=coords.device
+        )
+        codes = torch.empty(len(coords), dtype=torch.long, device=coords.device)
+        point_bits = bits[batch]
+        for b in point_bits.unique().tolist():
+            chosen = point_bits == b
+            codes[chosen] = serialize(coords[chosen], self.order, bits=b)
+        return [codes]
 
     def __repr__(self) -> str:
         kwargs = {"group": self.group}

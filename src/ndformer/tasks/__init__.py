@@ -7,6 +7,9 @@ Generated tasks are deterministic from the seed and cached on disk
 - ``pathfinder{2,3}d-{size}[-{easy,medium,hard}]``: are the two markers on the same path?
 - ``shapes3d[-{size}]``: which of 6 primitives is in the volume.
 - ``scenes3d[-{size}]``: per-voxel labels of several primitives (mIoU).
+- ``scenes-points[-{points}]``: furnished rooms as point clouds, per-point labels of
+  8 classes (mIoU); ``points`` (default 10000) is the smallest scene, the largest
+  has 1.6 times as many.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 
 from .base import SPLITS, TaskData, cached_arrays, progress_steps, split_indices
 from .files import load_data
+from .points import PointTaskData, concat_scenes, read_points, write_ply
+from .scenes import SCENE_CLASSES, room_scene
 from .synthetic import PATHFINDER_LEVELS, PRIMITIVES, pathfinder, scenes3d, shapes3d
 
 #: (train, val, test) sample counts of the generated tasks.
@@ -25,6 +30,7 @@ SIZES = {
     "pathfinder": (12000, 1000, 2000),
     "shapes3d": (3000, 500, 1500),
     "scenes3d": (1200, 200, 400),
+    "scenes-points": (320, 40, 100),
 }
 #: Bump when a generator changes, so stale caches are not reused.
 GENERATOR_VERSION = 2
@@ -34,12 +40,20 @@ TASK_PATTERNS = {
     "pathfinder": r"pathfinder(?P<ndim>[1-4])d-(?P<size>\d+)(?:-(?P<level>easy|medium|hard))?",
     "shapes3d": r"shapes3d(?:-(?P<size>\d+))?",
     "scenes3d": r"scenes3d(?:-(?P<size>\d+))?",
+    "scenes-points": r"scenes-points(?:-(?P<points>\d+))?",
 }
 
 
 def list_tasks() -> list[str]:
     """Examples of valid task names (sizes and levels are free parameters)."""
-    return ["digits", "pathfinder2d-32", "pathfinder3d-16", "shapes3d-16", "scenes3d-24"]
+    return [
+        "digits",
+        "pathfinder2d-32",
+        "pathfinder3d-16",
+        "shapes3d-16",
+        "scenes3d-24",
+        "scenes-points",
+    ]
 
 
 def _generate(make, counts, seed: int, progress: bool, label: str):
@@ -59,7 +73,9 @@ def _generate(make, counts, seed: int, progress: bool, label: str):
     return arrays
 
 
-def load_task(name: str, seed: int = 0, progress: bool = False, cache: bool = True) -> TaskData:
+def load_task(
+    name: str, seed: int = 0, progress: bool = False, cache: bool = True
+) -> TaskData | PointTaskData:
     """The task ``name`` (see the module docstring), deterministic from ``seed``."""
     for kind, regex in TASK_PATTERNS.items():  # noqa: B007 (kind is used after the loop)
         match = re.fullmatch(regex, name)
@@ -72,6 +88,8 @@ def load_task(name: str, seed: int = 0, progress: bool = False, cache: bool = Tr
     groups = match.groupdict()
     if kind == "digits":
         return _digits(seed)
+    if kind == "scenes-points":
+        return _scenes_points(name, int(groups["points"] or 10000), seed, progress, cache)
     if kind == "pathfinder":
         ndim, size, level = int(groups["ndim"]), int(groups["size"]), groups["level"] or "easy"
         if size < 8:
@@ -113,6 +131,39 @@ def load_task(name: str, seed: int = 0, progress: bool = False, cache: bool = Tr
     )
 
 
+def _scenes_points(name: str, points: int, seed: int, progress: bool, cache: bool):
+    if points < 1000:
+        raise ValueError(f"scenes-points needs at least 1000 points per scene, got {points}")
+
+    def make():
+        arrays = {}
+        with progress_steps(f"generating {name}", sum(SIZES["scenes-points"]), progress) as step:
+            for split_id, (split, count) in enumerate(
+                zip(SPLITS, SIZES["scenes-points"], strict=True)
+            ):
+                items = []
+                for i in range(count):
+                    scene_seed = seed * 1_000_003 + split_id * 10_007 + i
+                    size = np.random.default_rng(scene_seed).integers(points, int(1.6 * points) + 1)
+                    items.append(room_scene(int(size), scene_seed))
+                    step(1)
+                for key, value in concat_scenes(items).items():
+                    arrays[f"{split}_{key}"] = value
+        return arrays
+
+    key = f"{name}-seed{seed}-v{GENERATOR_VERSION}"
+    arrays = cached_arrays(key, make, use_cache=cache)
+    return PointTaskData(
+        name=name,
+        num_classes=len(SCENE_CLASSES),
+        xyz={s: torch.from_numpy(arrays[f"{s}_xyz"]) for s in SPLITS},
+        rgb={s: torch.from_numpy(arrays[f"{s}_rgb"]) for s in SPLITS},
+        label={s: torch.from_numpy(arrays[f"{s}_label"]) for s in SPLITS},
+        offsets={s: torch.from_numpy(arrays[f"{s}_offsets"]) for s in SPLITS},
+        class_names=list(SCENE_CLASSES),
+    )
+
+
 def _digits(seed: int) -> TaskData:
     try:
         from sklearn.datasets import load_digits
@@ -135,8 +186,11 @@ def _digits(seed: int) -> TaskData:
 
 __all__ = [
     "PATHFINDER_LEVELS",
+    "PointTaskData",
     "TaskData",
     "list_tasks",
     "load_data",
     "load_task",
+    "read_points",
+    "write_ply",
 ]

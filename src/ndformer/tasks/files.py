@@ -14,7 +14,7 @@ from .base import SPLITS, TaskData, split_indices
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def load_data(path: str | Path, seed: int = 0) -> TaskData:
+def load_data(path: str | Path, seed: int = 0):
     """A task from the user's files at ``path``:
 
     - a folder with one sub-folder of images per class (or ``train/``, ``val/``,
@@ -24,13 +24,19 @@ def load_data(path: str | Path, seed: int = 0) -> TaskData:
       ``val_*``, ``test_*``; images [n, H, W], [n, H, W, C] (C in 1, 3, 4) or
       [n, D, H, W]; labels [n] / [n, 1], or per-pixel labels shaped like the images
       (segmentation);
+    - a folder of ``.ply`` / ``.npz`` point clouds with per-point labels (one scene per
+      file, or ``train/``, ``val/``, ``test/`` folders of them): point segmentation;
     - a ``.csv`` with columns ``path,label`` of NIfTI volumes (``.nii`` / ``.nii.gz``),
       resized to the first volume's shape, split 70/10/20 by ``seed``.
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"--data {str(path)!r} does not exist")
+    from .points import is_point_folder, load_point_folder
+
     if path.is_dir():
+        if is_point_folder(path):
+            return load_point_folder(path, seed)
         return _image_folder(path, seed)
     if path.suffix == ".npz":
         return _npz(path)

@@ -4,6 +4,7 @@ from .checkpoint import atomic_write, load, read_run
 from .fit import RunResult, fit
 from .loop import TrainConfig, TrainingError, build_for, evaluate_model, predict, resolve_data
 from .metrics import Score, accuracy_score, miou_score
+from .segment import segment_file, segment_points
 
 __all__ = [
     "RunResult",
@@ -20,4 +21,6 @@ __all__ = [
     "predict",
     "read_run",
     "resolve_data",
+    "segment_file",
+    "segment_points",
 ]

@@ -13,22 +13,25 @@ import torch
 import torch.nn.functional as F
 
 from ..models import NdModel
-from ..tasks import TaskData
+from ..tasks.points import IGNORE, PointTaskData
 from .checkpoint import load, read_run, save_state, save_weights, write_json
 from .loop import (
     METRIC_COLUMNS,
+    Data,
     TrainConfig,
     TrainingError,
     _distill_loss,
     _param_groups,
     _step_seed,
-    augment,
     batch_indices,
     build_for,
     check_model_fits,
     evaluate_model,
     lr_at,
+    make_batch,
+    num_samples,
     resolve_data,
+    train_metric,
 )
 from .metrics import Score
 
@@ -99,7 +102,7 @@ class _Reporter:
             self.writer.close()
 
 
-def _teacher(config: TrainConfig, data: TaskData, out: Path, progress: bool) -> NdModel | None:
+def _teacher(config: TrainConfig, data: Data, out: Path, progress: bool) -> NdModel | None:
     if config.teacher is None:
         return None
     if config.teacher != "conv":
@@ -113,7 +116,7 @@ def _teacher(config: TrainConfig, data: TaskData, out: Path, progress: bool) -> 
     teacher_config = TrainConfig(
         task=config.task,
         data=config.data,
-        model="conv-tiny",
+        model=getattr(data, "teacher_model", "conv-tiny"),
         patch=max(1, (config.patch or data.patch) // 2),
         steps=config.teacher_steps or config.steps,
         batch_size=config.batch_size,
@@ -149,7 +152,7 @@ def fit(
     config: TrainConfig,
     out: str | Path,
     *,
-    data: TaskData | None = None,
+    data: Data | None = None,
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
@@ -170,24 +173,23 @@ def fit(
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     start = _prepare(config, out, resume, model, optimizer)
     write_json(out / "config.json", model.config.to_dict())
-    run_info = dict(
-        status="running",
-        train=config.to_dict(),
-        data=dict(
-            name=data.name,
-            kind=data.kind,
-            num_classes=data.num_classes,
-            class_names=data.class_names,
+    data_info = dict(
+        name=data.name, kind=data.kind, num_classes=data.num_classes, class_names=data.class_names
+    )
+    if isinstance(data, PointTaskData):
+        data_info.update(points=True, voxel_size=data.voxel_size, in_chans=data.in_chans)
+    else:
+        data_info.update(
             spatial=list(data.spatial),
             mean=data.mean.flatten().tolist(),
             std=data.std.flatten().tolist(),
-        ),
-    )
+        )
+    run_info = dict(status="running", train=config.to_dict(), data=data_info)
     write_json(out / "run.json", run_info)
     teacher = _teacher(config, data, out, progress)
     every = config.eval_every or max(1, config.steps // 10)
     reporter = _Reporter(out, config, start, progress, f"{config.model} {config.pattern or ''}")
-    train_x, train_y = data.x["train"], data.y["train"]
+    train_size = num_samples(data, "train")
     seen, train_time, began = 0, 0.0, time.perf_counter()
     loss_sum = metric_sum = 0.0
     logged = 0
@@ -200,20 +202,19 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(_step_seed(config.seed, step))
-            index = batch_indices(config, len(train_y), step)
-            x, y = train_x[index].float(), train_y[index]
+            index = batch_indices(config, train_size, step)
+            gen = None
             if config.augment:
                 gen = torch.Generator().manual_seed(_step_seed(config.seed, step) + 1)
-                x, y = augment(data, x, y, gen)
-            x = data.normalize(x)
+            x, y = make_batch(data, "train", index, gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
                 if teacher is not None:
                     with torch.no_grad():
                         teacher.eval()
                         target = teacher(x).float()
-                    kd = _distill_loss(logits.float(), target, config.temperature)
+                    kd = _distill_loss(logits.float(), target, config.temperature, y)
                     loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -228,7 +229,7 @@ def fit(
             train_time += time.perf_counter() - tick
             seen += len(index)
             loss_sum += loss.item()
-            metric_sum += float((logits.argmax(1) == y).float().mean())
+            metric_sum += train_metric(logits, y)
             logged += 1
             done = step + 1
             rate = seen / max(train_time, 1e-9)

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..models import NdModel, create_model
-from ..tasks import TaskData, load_data, load_task
+from ..models import POINT_ARCHS, NdModel, create_model
+from ..tasks import PointTaskData, TaskData, load_data, load_task
+from ..tasks.points import IGNORE
 from .metrics import Score, accuracy_score, confusion, miou_score
 
 METRIC_COLUMNS = ["step", "lr", "loss", "train_metric", "samples_per_s", "val_metric"]
@@ -79,22 +80,28 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def resolve_data(config: TrainConfig, progress: bool = False) -> TaskData:
+Data = TaskData | PointTaskData
+
+
+def resolve_data(config: TrainConfig, progress: bool = False) -> Data:
     """The task or user data a config names."""
     if config.data is not None:
         return load_data(config.data, seed=config.seed)
     return load_task(config.task, seed=config.seed, progress=progress)
 
 
-def build_for(config: TrainConfig, data: TaskData) -> NdModel:
-    """``config.model`` shaped for ``data`` (ndim, channels, classes, head, patch)."""
-    overrides = dict(
+def build_for(config: TrainConfig, data: Data) -> NdModel:
+    """``config.model`` shaped for ``data`` (ndim, channels, classes, head, patch; the
+    voxel size for point data)."""
+    overrides: dict[str, Any] = dict(
         ndim=data.ndim,
         in_chans=data.in_chans,
         num_classes=data.num_classes,
         head=data.kind,
         patch=config.patch or data.patch,
     )
+    if isinstance(data, PointTaskData):
+        overrides["voxel_size"] = data.voxel_size
     if config.pattern is not None:
         overrides["pattern"] = config.pattern
     overrides.update(config.overrides)
@@ -124,6 +131,22 @@ def batch_indices(config: TrainConfig, n: int, step: int) -> torch.Tensor:
         n, generator=torch.Generator().manual_seed(_step_seed(config.seed, -epoch - 1))
     )
     return order[slot * size : (slot + 1) * size]
+
+
+def num_samples(data: Data, split: str) -> int:
+    """Samples (images, volumes or point-cloud scenes) in ``split``."""
+    return data.num_samples(split) if isinstance(data, PointTaskData) else len(data.y[split])
+
+
+def make_batch(data: Data, split: str, index, gen: torch.Generator | None = None):
+    """(model input, labels) of the samples ``index`` of ``split``, augmented if ``gen`` is
+    given: a normalised float batch for grids, a ``PointBatch`` (labels [N]) for points."""
+    if isinstance(data, PointTaskData):
+        return data.batch(split, index, gen)
+    x, y = data.x[split][index].float(), data.y[split][index]
+    if gen is not None:
+        x, y = augment(data, x, y, gen)
+    return data.normalize(x), y
 
 
 def augment(data: TaskData, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
@@ -168,10 +191,33 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=plain, weight_decay=0.0)]
 
 
-def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def _distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, labels: torch.Tensor
+) -> torch.Tensor:
     log_p = F.log_softmax(student / temperature, dim=1)
     q = F.softmax(teacher / temperature, dim=1)
-    return F.kl_div(log_p, q, reduction="none").sum(1).mean() * temperature**2
+    per_item = F.kl_div(log_p, q, reduction="none").sum(1)
+    labelled = labels != IGNORE
+    return per_item[labelled].mean() * temperature**2
+
+
+def train_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of the labelled outputs (per sample, pixel or point)."""
+    labelled = labels != IGNORE
+    return float((logits.argmax(1) == labels)[labelled].float().mean())
+
+
+@torch.inference_mode()
+def predict_scenes(model: NdModel, data: PointTaskData, split: str, limit: int | None = None):
+    """Predicted labels of every scene of ``split`` (the first ``limit``): list of [n_i]."""
+    model.eval()
+    count = num_samples(data, split) if limit is None else min(limit, num_samples(data, split))
+    out: list[torch.Tensor] = []
+    for start in range(0, count, 4):
+        batch, _ = data.batch(split, range(start, min(count, start + 4)))
+        pred = model(batch).argmax(1)
+        out += list(pred.split(torch.bincount(batch.batch).tolist()))
+    return out
 
 
 @torch.inference_mode()
@@ -185,9 +231,19 @@ def predict(model: NdModel, data: TaskData, x: torch.Tensor, batch_size: int = 1
 
 
 def evaluate_model(
-    model: NdModel, data: TaskData, split: str = "test", limit: int | None = None
+    model: NdModel, data: Data, split: str = "test", limit: int | None = None
 ) -> Score:
-    """Accuracy (Wilson CI) or mIoU (bootstrap CI) of ``model`` on a split of ``data``."""
+    """Accuracy (Wilson CI) or mIoU (bootstrap CI, over samples or scenes) of ``model``
+    on a split of ``data``; unlabelled points are not scored."""
+    if isinstance(data, PointTaskData):
+        classes = data.num_classes
+        matrices = []
+        for i, pred in enumerate(predict_scenes(model, data, split, limit)):
+            label = data.scene(split, i)[2]
+            labelled = label != IGNORE
+            pairs = label[labelled] * classes + pred[labelled]
+            matrices.append(torch.bincount(pairs, minlength=classes * classes))
+        return miou_score(torch.stack(matrices).view(-1, classes, classes))
     x, y = data.x[split], data.y[split]
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -197,9 +253,15 @@ def evaluate_model(
     return miou_score(confusion(pred, y, data.num_classes))
 
 
-def check_model_fits(model: NdModel, data: TaskData) -> None:
+def check_model_fits(model: NdModel, data: Data) -> None:
     c = model.config
     problems = []
+    points = isinstance(data, PointTaskData)
+    if points != (c.arch in POINT_ARCHS):
+        problems.append(
+            f"arch {c.arch!r} takes {'point clouds' if not points else 'grids'} but the data are"
+            f" {'point clouds (try volt-tiny)' if points else 'grids'}"
+        )
     if c.ndim != data.ndim:
         problems.append(f"ndim {c.ndim} vs the data's {data.ndim}")
     if c.in_chans != data.in_chans:

@@ -19,6 +19,8 @@ class Score:
     low: float
     high: float
     n: int
+    #: mIoU only: each class's IoU (None for a class in neither target nor prediction).
+    per_class: tuple[float | None, ...] | None = None
 
     def __str__(self) -> str:
         return (
@@ -69,4 +71,12 @@ def miou_score(matrices: torch.Tensor, resamples: int = 1000, seed: int = 0) -> 
     weights.scatter_add_(1, picks, torch.ones(resamples, n, dtype=torch.double))
     boot = _miou(torch.einsum("rn,nij->rij", weights, matrices.double()))
     low, high = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
-    return Score("miou", value, low, high, n)
+    return Score("miou", value, low, high, n, class_ious(matrices.sum(0)))
+
+
+def class_ious(matrix: torch.Tensor) -> tuple[float | None, ...]:
+    """IoU of every class from one confusion matrix [C, C] (rows: target); None where the
+    class occurs in neither target nor prediction."""
+    tp = matrix.diagonal().double()
+    union = matrix.sum(0).double() + matrix.sum(1).double() - tp
+    return tuple(float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True))

@@ -1,0 +1,152 @@
+"""Point-cloud segmentation models: ``volt`` (Volume-Transformer style) and ``voxconv``.
+
+Both map a ``PointBatch`` (xyz [N, ndim] in metres, features [N, in_chans], a scene
+index per point) to per-point logits [N, num_classes]. Both see the same inputs per
+point: its features and its coordinates relative to its scene (x, y centred on the
+scene's mean, z above the scene's lowest point, in units of 2 m), so heights are
+known and horizontal position is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..layers import Block
+from ..point_tokens import PointBatch, PointTokenizer
+from .config import ModelConfig
+from .nets import HierarchicalNet, NdModel, _cycled
+
+#: Metres per unit of the coordinate features.
+COORD_SCALE = 2.0
+
+
+def scene_inputs(points: PointBatch) -> torch.Tensor:
+    """Per-point inputs [N, ndim + C]: coordinates relative to the scene (horizontal axes
+    centred on the scene mean, the last axis above the scene minimum) / 2 m, then features."""
+    xyz, batch = points.xyz, points.batch
+    scenes, ndim = points.num_scenes, xyz.shape[1]
+    index = batch[:, None].expand(-1, ndim)
+    count = torch.bincount(batch, minlength=scenes).clamp_min(1).to(xyz.dtype)[:, None]
+    mean = xyz.new_zeros(scenes, ndim).index_add_(0, batch, xyz) / count
+    low = xyz.new_full((scenes, ndim), float("inf")).scatter_reduce(0, index, xyz, "amin")
+    centre = torch.cat((mean[:, :-1], low[:, -1:]), dim=1)
+    return torch.cat(((xyz - centre[batch]) / COORD_SCALE, points.features.to(xyz.dtype)), dim=1)
+
+
+class PointModel(NdModel):
+    """Shared checks and head of the point models: ``forward(PointBatch) -> [N, classes]``."""
+
+    def check_input(self, x, name: str = "input") -> None:  # type: ignore[override]
+        if not isinstance(x, PointBatch):
+            raise ValueError(
+                f"{self.config.name or self.config.arch} segments point clouds: {name} must be a"
+                f" PointBatch (xyz, features, batch), got {type(x).__name__}"
+            )
+        n = len(x)
+        if x.xyz.shape != (n, self.ndim) or x.features.shape != (n, self.in_chans):
+            raise ValueError(
+                f"{name}: xyz {tuple(x.xyz.shape)} and features {tuple(x.features.shape)} must"
+                f" be [N, ndim={self.ndim}] and [N, in_chans={self.in_chans}]"
+            )
+        if n == 0:
+            raise ValueError(f"{name} has no points")
+
+    def _make_head(self) -> None:
+        c = self.config
+        self.head = (
+            nn.Sequential(
+                nn.LayerNorm(self.num_features), nn.Linear(self.num_features, c.num_classes)
+            )
+            if c.num_classes > 0
+            else nn.Identity()
+        )
+
+    def forward_head(self, features: torch.Tensor, size=None) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: PointBatch) -> torch.Tensor:  # type: ignore[override]
+        self.check_input(x)
+        return self.forward_head(self.forward_features(x))
+
+
+class VoltNet(PointModel):
+    """Volume-Transformer-style segmentation: ``PointTokenizer`` (one token per occupied
+    patch of ``patch`` voxels of ``voxel_size``) -> transformer blocks with 3-D RoPE on
+    the token coordinates and ``pattern`` (a spec or a list cycled over the blocks, on
+    the tokens' ``Points`` layout, never across scenes) -> per point: its token's
+    feature + an embedding of its offset in the patch + its own point embedding."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.tokenizer = PointTokenizer(
+            c.voxel_size, c.patch_tuple[0], c.in_chans + c.ndim, c.dim, c.ndim, hidden=c.dim // 2
+        )
+        rates = torch.linspace(0, c.drop_path, c.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(c.dim, c.heads, p, c.mlp_ratio, rate, rope=c.rope, ndim=c.ndim)
+            for p, rate in zip(_cycled(c.pattern, c.depth), rates, strict=True)
+        )
+        self.norm = nn.LayerNorm(c.dim)
+        self.skip = nn.Linear(self.tokenizer.hidden, c.dim)
+        self.num_features = c.dim
+        self._make_head()
+
+    def forward_features(self, x: PointBatch) -> torch.Tensor:  # type: ignore[override]
+        """Per-point features [N, dim]."""
+        tokens = self.tokenizer(x.xyz, scene_inputs(x), x.batch)
+        h = tokens.tokens
+        for block in self.blocks:
+            h = block(h, points=tokens.layout)
+        return self.tokenizer.detokenize(self.norm(h), tokens) + self.skip(tokens.point_features)
+
+    def token_layout(self, x: PointBatch):
+        """The ``Points`` layout of the tokens the blocks attend among."""
+        return self.tokenizer(x.xyz, scene_inputs(x), x.batch).layout
+
+
+class VoxelConvNet(PointModel):
+    """A dense N-D CNN over voxels (the distillation teacher for point models).
+
+    Points are averaged into voxels of ``voxel_size`` (per-voxel mean of the inputs plus
+    an occupancy channel) on one grid per scene, padded to the batch's largest; the
+    ``conv`` network (depthwise-conv stages, ``patch``, ``depth``, ``dim``) predicts
+    per-voxel logits and every point reads those of its voxel.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        inner = dataclasses.replace(
+            config, arch="conv", in_chans=config.in_chans + config.ndim + 1, name=""
+        )
+        self.net = HierarchicalNet(inner)
+        self.num_features = self.net.num_features
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.config.num_classes = self.num_classes = num_classes
+        self.net.reset_classifier(num_classes)
+
+    def forward_features(self, x: PointBatch) -> torch.Tensor:  # type: ignore[override]
+        raise NotImplementedError("voxconv maps points to logits directly; call the model")
+
+    def forward(self, x: PointBatch) -> torch.Tensor:  # type: ignore[override]
+        self.check_input(x)
+        inputs = scene_inputs(x)
+        scenes, ndim = x.num_scenes, self.ndim
+        index = x.batch[:, None].expand(-1, ndim)
+        low = x.xyz.new_full((scenes, ndim), float("inf")).scatter_reduce(0, index, x.xyz, "amin")
+        voxel = torch.floor((x.xyz - low[x.batch]).detach() / self.config.voxel_size).long()
+        dims = (voxel.amax(0) + 1).tolist()
+        flat = x.batch.clone()
+        for axis, size in enumerate(dims):
+            flat = flat * size + voxel[:, axis]
+        cells = scenes * int(torch.tensor(dims).prod())
+        sums = inputs.new_zeros(cells, inputs.shape[1]).index_add_(0, flat, inputs)
+        count = torch.bincount(flat, minlength=cells).to(inputs.dtype)[:, None]
+        grid = torch.cat((sums / count.clamp_min(1), (count > 0).to(inputs.dtype)), dim=1)
+        grid = grid.view(scenes, *dims, -1).movedim(-1, 1)  # [B, channels, *dims]
+        logits = self.net(grid)  # [B, classes, *dims]
+        return logits.movedim(1, -1).reshape(cells, -1)[flat]

@@ -1,0 +1,315 @@
+"""Point-cloud segmentation data: scenes of labelled points, batches, 3-D augmentation.
+
+``PointTaskData`` holds every split as concatenated arrays with per-scene offsets;
+``batch`` gathers scenes into one padding-free ``PointBatch`` (a scene index per
+point) and, given a generator, augments each scene: a random rotation about the up
+axis (z), isotropic scaling, jitter, flips of x and y, and point dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..point_tokens import PointBatch
+from .base import SPLITS, split_indices
+
+#: Labels below 0 mark unlabelled points: no loss, not scored.
+IGNORE = -1
+
+
+@dataclass
+class Augment3D:
+    """Scene augmentation: rotation about z, scaling, jitter (sigma, clipped at 3 sigma),
+    x/y flips with probability 1/2 each, and dropout of up to ``dropout`` of the points."""
+
+    rotate: bool = True
+    scale: tuple[float, float] = (0.9, 1.1)
+    jitter: float = 0.005
+    flip: bool = True
+    dropout: float = 0.2
+
+    def __call__(self, xyz, rgb, label, gen: torch.Generator):
+        n = xyz.shape[0]
+        if self.dropout:
+            rate = float(torch.rand((), generator=gen)) * self.dropout
+            keep = torch.rand(n, generator=gen) >= rate
+            if keep.sum() >= 1:
+                xyz, rgb, label = xyz[keep], rgb[keep], label[keep]
+        transform = torch.eye(3)
+        if self.rotate:
+            angle = float(torch.rand((), generator=gen)) * 2 * math.pi
+            c, s = math.cos(angle), math.sin(angle)
+            transform[:2, :2] = torch.tensor([[c, -s], [s, c]])
+        lo, hi = self.scale
+        transform = transform * (lo + (hi - lo) * float(torch.rand((), generator=gen)))
+        if self.flip:
+            signs = torch.where(torch.rand(2, generator=gen) < 0.5, -1.0, 1.0)
+            transform[:, :2] = transform[:, :2] * signs
+        xyz = xyz @ transform.T
+        if self.jitter:
+            noise = torch.randn(xyz.shape, generator=gen) * self.jitter
+            xyz = xyz + noise.clamp(-3 * self.jitter, 3 * self.jitter)
+        return xyz, rgb, label
+
+
+@dataclass
+class PointTaskData:
+    """Labelled point-cloud scenes split into train / val / test (per-point segmentation).
+
+    ``xyz[split]`` float32 [P, 3] (metres, z up), ``rgb[split]`` uint8 [P, 3] or None,
+    ``label[split]`` int64 [P] (``IGNORE`` = unlabelled), ``offsets[split]`` int64
+    [scenes + 1]: scene i is points ``offsets[i]:offsets[i+1]``. ``voxel_size`` and
+    ``patch`` are the suggested tokenization (metres, voxels per token axis).
+    """
+
+    name: str
+    num_classes: int
+    xyz: dict[str, torch.Tensor]
+    rgb: dict[str, torch.Tensor | None]
+    label: dict[str, torch.Tensor]
+    offsets: dict[str, torch.Tensor]
+    class_names: list[str] | None = None
+    voxel_size: float = 0.1
+    patch: int = 4
+    augmentation: Augment3D = field(default_factory=Augment3D)
+    kind: str = "segmentation"
+    ndim: int = 3
+    teacher_model: str = "voxconv-tiny"
+    metric: str = "miou"
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:
+            if split not in self.xyz:
+                raise ValueError(f"point data {self.name!r} has no {split!r} split")
+            xyz, label, offsets = self.xyz[split], self.label[split], self.offsets[split]
+            if xyz.dim() != 2 or xyz.shape[1] != 3:
+                raise ValueError(f"{self.name}: {split} xyz must be [P, 3], got {tuple(xyz.shape)}")
+            if label.shape != (xyz.shape[0],):
+                raise ValueError(
+                    f"{self.name}: {split} labels have shape {tuple(label.shape)}, expected"
+                    f" [{xyz.shape[0]}] (one per point)"
+                )
+            if offsets[0] != 0 or offsets[-1] != xyz.shape[0] or (offsets.diff() < 1).any():
+                raise ValueError(f"{self.name}: {split} scene offsets do not cover the points")
+            if label.numel() and int(label.max()) >= self.num_classes:
+                raise ValueError(
+                    f"{self.name}: {split} labels reach {int(label.max())}, outside [0,"
+                    f" {self.num_classes - 1}] for {self.num_classes} classes"
+                )
+        if (self.rgb["train"] is None) != any(self.rgb[s] is None for s in SPLITS):
+            raise ValueError(f"{self.name}: either every split has colours or none has")
+
+    @property
+    def in_chans(self) -> int:
+        """Feature channels per point besides its coordinates: 3 with colours, else 0."""
+        return 0 if self.rgb["train"] is None else 3
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return ()
+
+    def num_samples(self, split: str) -> int:
+        return len(self.offsets[split]) - 1
+
+    def scene(self, split: str, i: int):
+        """(xyz, rgb or None, label) of scene ``i`` of ``split``."""
+        lo, hi = int(self.offsets[split][i]), int(self.offsets[split][i + 1])
+        rgb = self.rgb[split]
+        return self.xyz[split][lo:hi], None if rgb is None else rgb[lo:hi], self.label[split][lo:hi]
+
+    def batch(
+        self, split: str, index: Sequence[int] | torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[PointBatch, torch.Tensor]:
+        """Scenes ``index`` of ``split`` as one ``PointBatch`` and their labels [N];
+        augmented (``augmentation``) when a generator is given."""
+        parts = []
+        for i in torch.as_tensor(index).tolist():
+            xyz, rgb, label = self.scene(split, i)
+            rgb = torch.zeros(len(xyz), 0) if rgb is None else rgb.float() / 255
+            if gen is not None:
+                xyz, rgb, label = self.augmentation(xyz.float(), rgb, label, gen)
+            parts.append((xyz, rgb, label))
+        return PointBatch.from_scenes([(x, r) for x, r, _ in parts]), torch.cat(
+            [lab for _, _, lab in parts]
+        )
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{s} {self.num_samples(s)}" for s in SPLITS)
+        points = self.xyz["train"].shape[0] / max(1, self.num_samples("train"))
+        return (
+            f"{self.name}: point segmentation, {self.num_classes} classes, about"
+            f" {points:.0f} points per scene, {self.in_chans} feature channel(s); scenes: {sizes}"
+        )
+
+
+def from_scenes(
+    name: str,
+    scenes: dict[str, list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]],
+    num_classes: int,
+    **extra,
+) -> PointTaskData:
+    """``PointTaskData`` from per-split lists of (xyz [n, 3], rgb [n, 3] or None, label [n])."""
+    arrays = {}
+    for split, items in scenes.items():
+        if not items:
+            raise ValueError(f"{name}: the {split} split has no scenes")
+        arrays[split] = concat_scenes(items)
+    return PointTaskData(
+        name=name,
+        num_classes=num_classes,
+        xyz={s: torch.from_numpy(a["xyz"]) for s, a in arrays.items()},
+        rgb={
+            s: None if a.get("rgb") is None else torch.from_numpy(a["rgb"])
+            for s, a in arrays.items()
+        },
+        label={s: torch.from_numpy(a["label"]).long() for s, a in arrays.items()},
+        offsets={s: torch.from_numpy(a["offsets"]) for s, a in arrays.items()},
+        **extra,
+    )
+
+
+def concat_scenes(items) -> dict[str, np.ndarray]:
+    """Scenes (xyz, rgb or None, label) -> concatenated ``xyz``, ``rgb``, ``label``, ``offsets``."""
+    sizes = [len(xyz) for xyz, _, _ in items]
+    out = dict(
+        xyz=np.concatenate([xyz for xyz, _, _ in items]).astype(np.float32),
+        label=np.concatenate([label for _, _, label in items]).astype(np.int64),
+        offsets=np.concatenate(([0], np.cumsum(sizes))).astype(np.int64),
+    )
+    if all(rgb is not None for _, rgb, _ in items):
+        out["rgb"] = np.concatenate([rgb for _, rgb, _ in items]).astype(np.uint8)
+    return out
+
+
+#: Per-point label properties recognised in .ply files, in order of preference.
+PLY_LABELS = ("label", "class", "scalar_label", "semantic")
+POINT_SUFFIXES = (".ply", ".npz")
+
+
+def read_points(path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One scene from a ``.ply`` (vertex x, y, z; optional red, green, blue; optional
+    label/class) or an ``.npz`` (``xyz`` [n, 3]; optional ``rgb`` [n, 3] 0-255 and
+    ``label`` [n]): (xyz float32, rgb uint8 or None, label int64 or None)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            if "xyz" not in data.files:
+                raise ValueError(f"{path}: a point .npz needs an 'xyz' array, found {data.files}")
+            xyz = data["xyz"]
+            rgb = data["rgb"] if "rgb" in data.files else None
+            label = data["label"] if "label" in data.files else None
+    elif path.suffix == ".ply":
+        try:
+            from plyfile import PlyData
+        except ImportError as error:
+            raise ValueError(".ply files need plyfile: pip install 'ndformer[all]'") from error
+        vertex = PlyData.read(str(path))["vertex"]
+        names = vertex.data.dtype.names
+        missing = [a for a in "xyz" if a not in names]
+        if missing:
+            raise ValueError(f"{path}: the vertex element has no {missing} (found {names})")
+        xyz = np.stack([vertex[a] for a in "xyz"], axis=1)
+        colours = ("red", "green", "blue")
+        rgb = np.stack([vertex[c] for c in colours], axis=1) if set(colours) <= set(names) else None
+        found = [p for p in PLY_LABELS if p in names]
+        label = vertex[found[0]] if found else None
+    else:
+        raise ValueError(f"{str(path)!r}: expected a .ply or .npz point cloud")
+    xyz = np.asarray(xyz, dtype=np.float32)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
+        raise ValueError(f"{path}: xyz must be [n >= 1, 3], got {xyz.shape}")
+    if rgb is not None:
+        rgb = np.asarray(rgb)
+        if rgb.shape != xyz.shape:
+            raise ValueError(f"{path}: rgb {rgb.shape} must match xyz {xyz.shape}")
+        if rgb.dtype.kind == "f" and rgb.max(initial=0) <= 1.0:
+            rgb = rgb * 255  # colours given in [0, 1]
+        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    if label is not None:
+        label = np.asarray(label).astype(np.int64).reshape(-1)
+        if label.shape != (len(xyz),):
+            raise ValueError(f"{path}: label {label.shape} must have one entry per point")
+    return xyz, rgb, label
+
+
+def write_ply(path, xyz: np.ndarray, label: np.ndarray, rgb: np.ndarray | None = None) -> None:
+    """A binary .ply with x, y, z, red, green, blue and ``label`` per vertex (written
+    atomically); ``rgb`` defaults to a colour per label, for viewers."""
+    from plyfile import PlyData, PlyElement
+
+    from .._io import atomic_write
+
+    if rgb is None:
+        rgb = label_colours(label)
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(len(xyz), dtype=[*fields, ("label", "i4")])
+    for axis, name in enumerate("xyz"):
+        vertex[name] = xyz[:, axis]
+    for axis, name in enumerate(("red", "green", "blue")):
+        vertex[name] = rgb[:, axis]
+    vertex["label"] = label
+    data = PlyData([PlyElement.describe(vertex, "vertex")])
+    atomic_write(path, data.write)
+
+
+def label_colours(label: np.ndarray) -> np.ndarray:
+    """A distinct colour (uint8 RGB) per label, from matplotlib's tab20 when available."""
+    try:
+        from matplotlib import colormaps
+
+        table = (np.asarray(colormaps["tab20"].colors)[:, :3] * 255).astype(np.uint8)
+    except ImportError:
+        table = np.random.default_rng(0).integers(0, 256, (20, 3), dtype=np.uint8)
+    return table[np.asarray(label) % len(table)]
+
+
+def load_point_folder(folder, seed: int = 0) -> PointTaskData:
+    """Labelled scenes from a folder of ``.ply`` / ``.npz`` files, split 70/10/20 by ``seed``
+    (or the folder's ``train/``, ``val/``, ``test/`` sub-folders if it has them)."""
+    folder = Path(folder)
+    splits = {s: folder / s for s in SPLITS}
+    if all(p.is_dir() for p in splits.values()):
+        files = {s: _point_files(p) for s, p in splits.items()}
+    else:
+        every = _point_files(folder)
+        if len(every) < 3:
+            raise ValueError(f"{folder}: {len(every)} scene file(s); need at least 3 to split")
+        parts = split_indices(len(every), seed)
+        files = {s: [every[i] for i in sorted(idx)] for s, idx in parts.items()}
+    scenes = {}
+    for split, paths in files.items():
+        scenes[split] = []
+        for path in paths:
+            xyz, rgb, label = read_points(path)
+            if label is None:
+                raise ValueError(f"{path}: training data needs a per-point label")
+            scenes[split].append((xyz, rgb, label))
+    has_rgb = {rgb is not None for items in scenes.values() for _, rgb, _ in items}
+    if len(has_rgb) > 1:
+        raise ValueError(f"{folder}: some scenes have colours and some do not")
+    classes = 1 + max(int(label.max(initial=0)) for items in scenes.values() for *_, label in items)
+    return from_scenes(folder.name, scenes, num_classes=classes, voxel_size=0.05)
+
+
+def _point_files(folder) -> list:
+    files = sorted(p for p in folder.iterdir() if p.suffix in POINT_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no .ply or .npz scenes")
+    return files
+
+
+def is_point_folder(folder) -> bool:
+    """Whether ``folder`` (or its train/ sub-folder) holds .ply / .npz scenes."""
+    folder = Path(folder)
+    for candidate in (folder, folder / "train"):
+        if candidate.is_dir() and any(p.suffix in POINT_SUFFIXES for p in candidate.iterdir()):
+            return True
+    return False
