@@ -198,6 +198,9 @@ def test_volt_trains_evaluates_and_predicts_a_ply_in_one_command(tmp_path):
     labelled = read_points(tmp_path / "labels.ply")
     assert np.array_equal(labelled[0], xyz) and labelled[2].shape == (700,)
     assert labelled[2].min() >= 0 and labelled[2].max() < 8
+    drawn = CliRunner().invoke(build_app(), [*args, "--plot", str(tmp_path / "labels.png")])
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "labels.png").stat().st_size > 10_000
     bad = CliRunner().invoke(build_app(), [*args[:3], "--out", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and "--out must end in .ply or .npz" in bad.output
 
@@ -242,3 +245,19 @@ def test_arena_compares_patterns_on_point_data(tmp_path):
         flops = {r["pattern"]: float(r["attention_gflop"]) for r in csv.DictReader(handle)}
     assert set(flops) == {"full", "serialized('hilbert', 8)"}
     assert 0 < flops["serialized('hilbert', 8)"] < flops["full"]
+
+
+@pytest.mark.slow
+def test_volt_tiny_reaches_70_percent_miou_on_scenes_points(tmp_path):
+    """The documented run (docs/points/report.md): about 12 minutes on 2 cores."""
+    config = TrainConfig(task="scenes-points", model="volt-tiny", steps=800, batch_size=4)
+    result = fit(config, tmp_path / "volt", progress=False)
+    assert result.score.value >= 0.70, result.score
+
+
+def test_voxconv_refuses_grids_too_large_to_build():
+    model = create_model("voxconv-tiny", in_chans=0, num_classes=2, voxel_size=0.001)
+    far = PointBatch(torch.tensor([[0.0, 0, 0], [40.0, 40, 40]]), torch.zeros(2, 0),
+                     torch.zeros(2, dtype=torch.long))  # fmt: skip
+    with pytest.raises(ValueError, match="raise voxel_size"):
+        model(far)

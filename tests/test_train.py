@@ -167,7 +167,7 @@ def test_scores_and_intervals():
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "evaluate", "arena", "bench", "show", "info", "patterns"]
+    "command", ["train", "evaluate", "predict", "arena", "bench", "show", "info", "patterns"]
 )
 def test_every_command_has_help_with_examples(command):
     result = CliRunner().invoke(build_app(), [command, "--help"])

@@ -41,6 +41,8 @@ Examples:
 
   ndformer predict runs/rooms scene.ply --out labels.ply    (x, y, z, label colours, label)
 
+  ndformer predict runs/rooms scene.ply --out labels.ply --plot labels.png
+
   ndformer predict runs/rooms scan.npz --out labels.npz     (npz: xyz [n, 3], optional rgb)
 """
 
@@ -195,19 +197,22 @@ def register(app: typer.Typer, console, fail) -> None:
         run: Annotated[Path, typer.Argument(help="A run directory of a point model.")],
         scene: Annotated[Path, typer.Argument(help="A point cloud: .ply or .npz (xyz, rgb).")],
         out: Annotated[Path, typer.Option(help="Where to write the labels: .ply or .npz.")],
+        plot: Annotated[
+            Path | None, typer.Option(help="Also draw the labels from above into this PNG.")
+        ] = None,
     ) -> None:
         """Segment a point cloud with a trained point model; writes per-point labels."""
         from .train import segment_file
 
         try:
-            result = segment_file(run, scene, out)
+            result = segment_file(run, scene, out, plot)
         except ValueError as error:
             fail(str(error))
         counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
         console.print(f"{result['points']} points: {counts}")
         if "miou" in result:
             console.print(f"mIoU against the file's labels: {100 * result['miou']:.1f}%")
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
     @app.command(epilog=EXAMPLES_ARENA)
     def arena(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -219,3 +219,44 @@ def plot_pattern(view: PatternView) -> Figure:
 def _query_title(view: PatternView) -> str:
     lead = view.query[:-2]
     return ", ".join(f"axis {a}={i}" for a, i in enumerate(lead))
+
+
+def plot_point_labels(
+    xyz: torch.Tensor | Any,
+    panels: dict[str, Any],
+    class_names: list[str] | None = None,
+) -> Figure:
+    """Point clouds seen from above, one panel per labelling (e.g. ``{"prediction": pred,
+    "ground truth": label}``), coloured by class, higher points drawn on top; a
+    legend names the classes that occur."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    from .tasks.points import label_colours
+
+    xyz = np.asarray(xyz)
+    order = np.argsort(xyz[:, 2], kind="stable")
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.6 * len(panels), 5.0), squeeze=False, layout="constrained"
+    )
+    seen: set[int] = set()
+    for ax, (title, labels) in zip(axes.flat, panels.items(), strict=True):
+        labels = np.asarray(labels)
+        ax.scatter(*xyz[order, :2].T, c=label_colours(labels[order]) / 255, s=1.5, linewidths=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        seen |= set(labels.tolist())
+    names = class_names or [str(c) for c in range(max(seen) + 1)]
+    handles = [
+        Patch(color=label_colours(np.array([c]))[0] / 255, label=names[c])
+        for c in sorted(seen)
+        if c >= 0
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8)
+    return fig

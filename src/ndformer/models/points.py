@@ -10,6 +10,7 @@ known and horizontal position is not.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from .nets import HierarchicalNet, NdModel, _cycled
 
 #: Metres per unit of the coordinate features.
 COORD_SCALE = 2.0
+#: The most voxels (over a batch) ``voxconv`` builds a dense grid of.
+MAX_VOXELS = 2**24
 
 
 def scene_inputs(points: PointBatch) -> torch.Tensor:
@@ -143,7 +146,13 @@ class VoxelConvNet(PointModel):
         flat = x.batch.clone()
         for axis, size in enumerate(dims):
             flat = flat * size + voxel[:, axis]
-        cells = scenes * int(torch.tensor(dims).prod())
+        cells = scenes * math.prod(dims)
+        if cells > MAX_VOXELS:
+            raise ValueError(
+                f"voxconv: {scenes} scene(s) of {'x'.join(map(str, dims))} voxels of"
+                f" {self.config.voxel_size} m exceed {MAX_VOXELS} voxels; raise voxel_size"
+                " or batch fewer scenes"
+            )
         sums = inputs.new_zeros(cells, inputs.shape[1]).index_add_(0, flat, inputs)
         count = torch.bincount(flat, minlength=cells).to(inputs.dtype)[:, None]
         grid = torch.cat((sums / count.clamp_min(1), (count > 0).to(inputs.dtype)), dim=1)

@@ -260,15 +260,21 @@ def write_ply(path, xyz: np.ndarray, label: np.ndarray, rgb: np.ndarray | None =
     atomic_write(path, data.write)
 
 
-def label_colours(label: np.ndarray) -> np.ndarray:
-    """A distinct colour (uint8 RGB) per label, from matplotlib's tab20 when available."""
-    try:
-        from matplotlib import colormaps
+#: Distinct colours for labels 0, 1, ... (light grey floor, then strong hues).
+LABEL_COLOURS = np.array(
+    [
+        [200, 200, 200], [120, 120, 160], [230, 120, 20], [40, 150, 40], [200, 40, 40],
+        [150, 90, 200], [140, 90, 60], [240, 200, 0], [30, 190, 210], [230, 110, 190],
+        [90, 90, 90], [170, 200, 90], [20, 60, 160], [250, 160, 120], [0, 120, 120],
+        [180, 0, 90],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
 
-        table = (np.asarray(colormaps["tab20"].colors)[:, :3] * 255).astype(np.uint8)
-    except ImportError:
-        table = np.random.default_rng(0).integers(0, 256, (20, 3), dtype=np.uint8)
-    return table[np.asarray(label) % len(table)]
+
+def label_colours(label: np.ndarray) -> np.ndarray:
+    """A distinct colour (uint8 RGB [n, 3]) per label (cycling after 16 labels)."""
+    return LABEL_COLOURS[np.asarray(label) % len(LABEL_COLOURS)]
 
 
 def load_point_folder(folder, seed: int = 0) -> PointTaskData:

@@ -35,10 +35,14 @@ def segment_points(model: NdModel, xyz: np.ndarray, rgb: np.ndarray | None) -> n
     return model.eval()(batch).argmax(1).numpy()
 
 
-def segment_file(run: str | Path, scene: str | Path, out: str | Path) -> dict[str, Any]:
+def segment_file(
+    run: str | Path, scene: str | Path, out: str | Path, plot: str | Path | None = None
+) -> dict[str, Any]:
     """Label every point of ``scene`` (.ply / .npz) with the model of ``run``; write
     ``out`` (.ply with x, y, z, colours per label and ``label``; or .npz with ``xyz``,
-    ``label``). Returns the counts per class and, if the file has labels, its mIoU."""
+    ``label``) and, with ``plot``, a PNG of the labels seen from above (next to the
+    file's own labels if it has them). Returns the counts per class and, if the file
+    has labels, its mIoU."""
     out = Path(out)
     if out.suffix not in (".ply", ".npz"):
         raise ValueError(f"--out must end in .ply or .npz, got {str(out)!r}")
@@ -52,6 +56,15 @@ def segment_file(run: str | Path, scene: str | Path, out: str | Path) -> dict[st
         from .._io import atomic_write
 
         atomic_write(out, lambda handle: np.savez_compressed(handle, xyz=xyz, label=pred))
+    if plot is not None:
+        from ..viz import plot_point_labels
+
+        panels = (
+            {"prediction": pred} if label is None else {"prediction": pred, "file's labels": label}
+        )
+        figure = plot_point_labels(xyz, panels, names)
+        figure.suptitle(f"{Path(scene).name}: {len(xyz)} points, {model.config.name or 'model'}")
+        figure.savefig(plot, dpi=110)
     counts = np.bincount(pred, minlength=model.num_classes)
     result: dict[str, Any] = dict(
         points=len(xyz),
