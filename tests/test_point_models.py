@@ -266,3 +266,25 @@ def test_voxconv_refuses_grids_too_large_to_build():
                      torch.zeros(2, dtype=torch.long))  # fmt: skip
     with pytest.raises(ValueError, match="raise voxel_size"):
         model(far)
+
+
+def test_scenes_without_colours_train_and_predict(tmp_path):
+    """xyz-only scans (no rgb) are point data with in_chans=0, for volt and the conv teacher."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i, (xyz, _, label) in enumerate(scenes(8, 300)):
+        np.savez(folder / f"s{i}.npz", xyz=xyz, label=label)
+    data = load_data(folder)
+    assert isinstance(data, PointTaskData) and data.in_chans == 0
+    config = TrainConfig(task="scenes-points", model="volt-tiny", overrides=TINY_VOLT, steps=2,
+                         batch_size=2, teacher="conv", teacher_steps=2)  # fmt: skip
+    result = fit(config, tmp_path / "run", data=data, progress=False)
+    assert result.score.metric == "miou"
+    assert ndformer.load(tmp_path / "run").in_chans == 0
+    xyz, _, _ = room_scene(400, 5)
+    np.savez(tmp_path / "scan.npz", xyz=xyz)
+    args = ["predict", str(tmp_path / "run"), str(tmp_path / "scan.npz"), "--out",
+            str(tmp_path / "labels.npz")]  # fmt: skip
+    out = CliRunner().invoke(build_app(), args)
+    assert out.exit_code == 0, out.output
+    assert read_points(tmp_path / "labels.npz")[2].shape == (400,)

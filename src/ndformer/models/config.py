@@ -83,7 +83,8 @@ class ModelConfig:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         check_int("ndim", self.ndim, minimum=1)
-        check_int("in_chans", self.in_chans, minimum=1)
+        # Point models take xyz-only scenes (no features besides the coordinates).
+        check_int("in_chans", self.in_chans, minimum=0 if self.arch in POINT_ARCHS else 1)
         check_int("num_classes", self.num_classes, minimum=1)
         check_int("dim", self.dim, minimum=1)
         check_int("kernel", self.kernel, minimum=1)
