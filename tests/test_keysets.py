@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,10 +79,17 @@ def test_pooled_cells_keep_the_key_count_fixed_as_the_grid_grows():
         Pooled(cells=(2, 2, 2)).key_counts(Grid((4, 4)))
 
 
-@given(shape=shapes(), seed=st.integers(0, 2**31 - 1), feature=st.sampled_from(["elu", "relu"]))
-def test_linear_fast_path_equals_its_definition(shape, seed, feature):
+@given(
+    shape=shapes(),
+    seed=st.integers(0, 2**31 - 1),
+    feature=st.sampled_from(["elu", "relu"]),
+    chunk_bytes=st.sampled_from([Linear.CHUNK_BYTES, 1, 1000]),
+)
+def test_linear_fast_path_equals_its_definition(shape, seed, feature, chunk_bytes):
+    """Also with tiny token chunks (1 and about 5 tokens here), so the chunked sums run."""
     grid = Grid(shape)
-    assert_fast_equals_reference(Linear(feature), grid, heads=2, seed=seed)
+    with mock.patch.object(Linear, "CHUNK_BYTES", chunk_bytes):
+        assert_fast_equals_reference(Linear(feature), grid, heads=2, seed=seed)
 
 
 @given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
@@ -88,7 +97,8 @@ def test_hilo_fast_path_equals_its_definition(shape, seed, data):
     grid = Grid(shape)
     window = data.draw(st.integers(1, max(grid.shape)))
     alpha = data.draw(st.sampled_from([0.25, 0.5, 0.75]))
-    assert_fast_equals_reference(HiLo(window, alpha), grid, heads=4, seed=seed)
+    cells = data.draw(st.none() | st.integers(1, max(grid.shape)))
+    assert_fast_equals_reference(HiLo(window, alpha, cells=cells), grid, heads=4, seed=seed)
 
 
 @given(shape=shapes(), seed=st.integers(0, 2**31 - 1), data=st.data())
@@ -158,6 +168,9 @@ def test_hilo_gives_int_heads_alpha_heads_to_pooled():
     assert isinstance(split, HeadSplit) and split.patterns == (Pooled(4), Window(4))
     assert split.head_groups(8) == [(0, 2), (2, 8)]  # int(8 * 0.3) = 2 pooled heads
     assert pattern("hilo(4, alpha=0.3)") == split
+    linear = pattern("hilo(4, cells=8)")
+    assert linear.patterns == (Pooled(cells=8), Window(4))
+    assert linear.key_counts(Grid((64, 64)), heads=2)[0].unique().tolist() == [8 * 8]
 
 
 def test_key_counts_and_clear_errors():

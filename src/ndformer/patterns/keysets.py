@@ -357,6 +357,8 @@ class Linear(KeySetPattern):
 
     feature: str = "elu"
     eps = 1e-6
+    #: Bytes of q (or k, v) per chunk of the fast path: well inside a core's L2 cache.
+    CHUNK_BYTES = 1 << 19
 
     def __init__(self, feature: str = "elu") -> None:
         if feature not in FEATURES:
@@ -382,18 +384,36 @@ class Linear(KeySetPattern):
         return (weights @ v) / weights.sum(-1, keepdim=True).clamp_min(self.eps)
 
     def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
+        """Two passes over token chunks of about ``CHUNK_BYTES`` per tensor, so that the
+        features phi(k), phi(q) are used while still in cache: the time per token then
+        stays flat as N grows past the cache, instead of stepping up."""
         phi = FEATURES[self.feature]
-        fq, fk = phi(q), phi(k)
-        context = fk.transpose(-1, -2) @ v  # [B, h, E, Ev]
-        norm = fq @ fk.sum(-2).unsqueeze(-1)  # [B, h, N, 1]
-        return (fq @ context) / norm.clamp_min(self.eps)
+        b, h, n, e = q.shape
+        step = max(1, self.CHUNK_BYTES // (b * h * max(e, v.shape[-1]) * q.element_size()))
+        ones = v.new_ones(b, h, min(step, n), 1)
+        # [phi(K)^T V | phi(K)^T 1]: the context and the key sum in one matmul.
+        context = sum(
+            phi(k[:, :, lo : lo + step]).transpose(-1, -2)
+            @ torch.cat((v[:, :, lo : lo + step], ones[:, :, : min(step, n - lo)]), dim=-1)
+            for lo in range(0, n, step)
+        )  # [B, h, E, Ev + 1]
+        outputs = []
+        for lo in range(0, n, step):
+            both = phi(q[:, :, lo : lo + step]) @ context  # [B, h, chunk, Ev + 1]
+            outputs.append(both[..., :-1] / both[..., -1:].clamp_min(self.eps))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
 @register("hilo")
-def HiLo(window: IntOrTuple, alpha: float = 0.5) -> Pattern:
+def HiLo(window: IntOrTuple, alpha: float = 0.5, *, cells: IntOrTuple | None = None) -> Pattern:
     """LITv2's HiLo: ``int(heads * alpha)`` heads attend to ``Pooled(window)`` (low
     frequencies), the rest within ``Window(window)`` (high frequencies). A ``HeadSplit``.
+
+    With ``cells`` the low-frequency heads use ``Pooled(cells=cells)`` instead: a fixed
+    number of pooled keys, so the whole split costs time linear in N (the fixed
+    ``window`` pooling keeps N / window^d keys: quadratic with a small constant).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"HiLo alpha must be in (0, 1), got {alpha}")
-    return HeadSplit(Pooled(window), Window(window), fractions=(alpha, 1 - alpha))
+    low = Pooled(window) if cells is None else Pooled(cells=cells)
+    return HeadSplit(low, Window(window), fractions=(alpha, 1 - alpha))
