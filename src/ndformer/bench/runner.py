@@ -29,6 +29,7 @@ DEFAULT_PATTERNS = (
     "summary(8, 8)",
     "routing(8, 4)",
     "hilo(4)",
+    "hilo(4, cells=8)",
     "linear",
 )
 #: Shapes of a run without ``--shapes``; ``--quick`` uses a smaller last volume.
