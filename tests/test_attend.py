@@ -182,3 +182,37 @@ def test_plans_built_in_inference_mode_still_train(pattern):
         attend(q, k, v, pattern, grid)
     attend(q, k, v, pattern, grid).sum().backward()
     assert q.grad is not None
+
+
+@given(data=st.data())
+def test_regular_partitions_take_the_block_path_and_match_dense(data):
+    """Windows that divide the grid (contiguous, or MaxViT-style dilated residue classes)
+    are reordered by views instead of gathers; values and gradients still equal dense."""
+    from ndformer.kernels import tiling
+
+    ndim = data.draw(st.integers(1, 4), label="ndim")
+    tiles = data.draw(st.tuples(*[st.integers(1, 3)] * ndim), label="tiles")
+    size = data.draw(st.tuples(*[st.integers(1, 4)] * ndim), label="size")
+    strided = data.draw(st.tuples(*[st.booleans()] * ndim), label="strided")
+    shape = tuple(t * s for t, s in zip(tiles, size, strict=True))
+    dilation = tuple(t if d else 1 for t, d in zip(tiles, strided, strict=True))
+    pattern = Window(size, dilation=dilation)
+    plan = tiling.local_plan(
+        pattern.axis_rules(Grid(shape)), shape, (4,) * ndim, torch.device("cpu")
+    )
+    # An axis with one tile, or tiles of one token, reads the same either way.
+    expected = tuple(
+        (d and t > 1 and s > 1, t, s) for t, s, d in zip(tiles, size, strided, strict=True)
+    )
+    assert plan.blocks == expected
+    heads = data.draw(st.integers(1, 3), label="heads")
+    check_against_dense(pattern, shape, heads, backend="tiled", tile=4, batch=2)
+
+
+def test_irregular_tilings_keep_the_gather_path():
+    from ndformer.kernels import tiling
+
+    for pattern, shape in ((Window(8), (20, 16)), (Window(4, shift=2), (8, 8)),
+                           (Neighborhood(3), (8, 8))):  # fmt: skip
+        rules = pattern.axis_rules(Grid(shape))
+        assert tiling.local_plan(rules, shape, (8, 8), torch.device("cpu")).blocks is None

@@ -9,6 +9,8 @@ windows are full), and rows are gathered back. Memory is O(N * halo_tokens).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,49 @@ def masked_softmax_attention(
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
+def _block_order(blocks: tuple[tuple[bool, int, int], ...]) -> tuple[list[int], list[int]]:
+    """The grid viewed with two dims per axis (as ``blocks`` says), and the permutation of
+    those dims that puts every axis' tile dim first, then every in-tile dim."""
+    dims, tile_dims, inner_dims = [], [], []
+    for a, (strided, tiles, size) in enumerate(blocks):
+        dims += [size, tiles] if strided else [tiles, size]
+        tile_dims.append(2 * a + (1 if strided else 0))
+        inner_dims.append(2 * a + (0 if strided else 1))
+    return dims, tile_dims + inner_dims
+
+
+def block_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    blocks: tuple[tuple[bool, int, int], ...],
+    scale: float | None,
+) -> torch.Tensor:
+    """Attention within the tiles of a regular partition (``LocalPlan.blocks``): q, k
+    [B, heads, N, E], v [B, heads, N, Ev] -> [B, heads, N, Ev].
+
+    Each tensor is reordered to [B * heads, tiles, tile_tokens, E] by a view and one
+    strided copy (several times faster than a row gather), attended by one batched SDPA
+    without a mask, and reordered back the same way.
+    """
+    batch, heads, n = q.shape[:3]
+    dims, order = _block_order(blocks)
+    tiles = math.prod(b[1] for b in blocks)
+    lead = [0, *(d + 1 for d in order)]  # dims of [rows, *grid dims, E]
+
+    def to_tiles(x: torch.Tensor) -> torch.Tensor:
+        grid = x.reshape(batch * heads, *dims, x.shape[-1])
+        return grid.permute(*lead, len(dims) + 1).reshape(batch * heads, tiles, -1, x.shape[-1])
+
+    out = F.scaled_dot_product_attention(to_tiles(q), to_tiles(k), to_tiles(v), scale=scale)
+    sizes = [dims[d] for d in order]
+    back = [0] * len(lead)
+    for position, dim in enumerate(lead):
+        back[dim] = position
+    grid = out.reshape(batch * heads, *sizes, v.shape[-1]).permute(*back, len(dims) + 1)
+    return grid.reshape(batch, heads, n, v.shape[-1])
+
+
 def tiled_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: LocalPlan, scale: float | None
 ) -> torch.Tensor:
@@ -40,6 +85,8 @@ def tiled_attention(
     elements, which bounds the temporary memory of inference and keeps it in the
     allocator's reuse range instead of mapping fresh pages on every call.
     """
+    if plan.blocks is not None:
+        return block_attention(q, k, v, plan.blocks, scale)
     batch, heads, n = q.shape[:3]
     rows = batch * heads
     # [rows, N, d] views: index_select along a middle axis of a 4-D tensor measured

@@ -92,10 +92,35 @@ class LocalPart:
 
 @dataclass(frozen=True)
 class LocalPlan:
-    """The parts, and ``output_index [N]``: each token's row in the parts' concatenated output."""
+    """The parts, and ``output_index [N]``: each token's row in the parts' concatenated output.
+
+    ``blocks`` is set when the tiles partition the grid regularly (one unmasked part whose
+    tiles are their own keys, e.g. windows that divide the grid): per axis
+    ``(strided, tiles, tile_length)``, the axis of length tiles * tile_length seen as
+    [tiles, tile_length] (contiguous runs) or, if ``strided``, as [tile_length, tiles]
+    (every tiles-th position). Tokens are then reordered by views and one strided copy
+    instead of index gathers.
+    """
 
     parts: tuple[LocalPart, ...]
     output_index: torch.Tensor
+    blocks: tuple[tuple[bool, int, int], ...] | None = None
+
+
+def _regular(axis: AxisTiling, length: int) -> tuple[bool, int, int] | None:
+    """``(strided, tiles, tile_length)`` if the axis' tiles are their own keys and split it
+    into contiguous runs or into residue classes, else None."""
+    tiles, size = axis.queries.shape
+    if tiles * size != length or axis.keys.shape != axis.queries.shape:
+        return None
+    if not (bool(axis.allowed.all()) and torch.equal(axis.keys, axis.queries)):
+        return None
+    positions = torch.arange(length)
+    if torch.equal(axis.queries, positions.view(tiles, size)):
+        return (False, tiles, size)
+    if torch.equal(axis.queries, positions.view(size, tiles).T):
+        return (True, tiles, size)
+    return None
 
 
 def _part(combo: tuple[AxisTiling, ...], shape: tuple[int, ...], device) -> LocalPart:
@@ -130,4 +155,8 @@ def local_plan(
     )
     # Every token is the real query of exactly one slot of the concatenated parts.
     query_index = torch.cat([p.query_index for p in parts])
-    return LocalPlan(parts, row_of_token(query_index, real.to(device), math.prod(shape)))
+    blocks = None
+    if len(combos) == 1:
+        regular = [_regular(a, n) for a, n in zip(combos[0], shape, strict=True)]
+        blocks = None if None in regular else tuple(regular)
+    return LocalPlan(parts, row_of_token(query_index, real.to(device), math.prod(shape)), blocks)
