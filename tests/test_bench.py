@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import pytest
 import torch
@@ -157,6 +158,21 @@ def test_bad_bench_arguments_are_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             BenchConfig(device="cuda")
+    with pytest.raises(ValueError, match="backend must be one of auto, tiled, blocksparse, flex"):
+        BenchConfig(backend="reference")
+    with pytest.raises(ValueError, match="inference only on CPU"):
+        BenchConfig(backend="flex", backward=True)
+
+
+def test_backend_applies_to_mask_patterns_only():
+    config = BenchConfig(patterns=["window(4)", "linear"], shapes=[(8, 8)], backend="blocksparse")
+    rows = plan_cases(config, 100.0)
+    labels = [r.case.label for r in rows]
+    assert labels == ["full (SDPA)", "dense masked SDPA", "window(4) [blocksparse]", "linear"]
+    result = measure_case(
+        replace(rows[2].case, heads=2, head_dim=8, repeats=2, min_seconds=0, warmup=0)
+    )
+    assert result["backend"] == "blocksparse" and result["pairs"] == 64 * 16
 
 
 def test_sweep_fits_an_exponent_per_pattern_and_dimension(tmp_path):

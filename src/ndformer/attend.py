@@ -16,6 +16,7 @@ from .kernels import (
     reference_attention,
     tiled_attention,
 )
+from .kernels.flex import flex_attention
 from .kernels.groups import group_attention, scene_attention
 from .layout import Grid, Points, as_layout
 from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
@@ -23,8 +24,8 @@ from .patterns import pattern as parse_pattern
 from .patterns.axis import AllRule
 from .patterns.sorted import SortedGroups, as_points
 
-Backend = Literal["auto", "reference", "tiled", "blocksparse"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse")
+Backend = Literal["auto", "reference", "tiled", "blocksparse", "flex"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse", "flex")
 
 #: Default number of query tokens in one N-D tile (about 64**(1/ndim) per axis):
 #: 8x8 in 2-D, 4x4x4 in 3-D. Chosen from timings of tile sizes 2..16 (neighborhood(7)
@@ -87,7 +88,9 @@ def attend(
         scale: logit scale, default ``1 / sqrt(head_dim)``.
         backend: ``"auto"`` picks the fast path; ``"tiled"`` (query tiles + key halos
             through SDPA; local separable patterns), ``"blocksparse"`` (any pattern) or
-            ``"reference"`` (dense mask: N x N memory, for tests and debugging).
+            ``"reference"`` (dense mask: N x N memory, for tests and debugging) or
+            ``"flex"`` (PyTorch's compiled FlexAttention for mask patterns on grids:
+            fast on CUDA; inference only on CPU; needs a compiler for ``torch.compile``).
         tile: query tile size per axis (int or tuple) for the fast paths; a tuning
             knob that never changes the result.
 
@@ -111,6 +114,10 @@ def attend(
                 f"{pattern!r} is not a mask pattern: use backend 'auto' or 'reference'"
             )
         return pattern.fast(q, k, v, layout, scale)
+    if backend == "flex" and pattern.is_mask:
+        if isinstance(layout, Points):
+            raise ValueError(f"backend='flex' works on grids; on {layout!r} use 'auto'")
+        return flex_attention(q, k, v, pattern, layout, scale)
     if isinstance(pattern, HeadSplit) and (backend in ("auto", "tiled") or not pattern.is_mask):
         outputs = []
         for part, (start, stop) in zip(

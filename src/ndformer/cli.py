@@ -137,6 +137,13 @@ def build_app():
         ] = "float32",
         device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
         backward: Annotated[bool, typer.Option(help="Time forward + backward.")] = False,
+        backend: Annotated[
+            str,
+            typer.Option(
+                help="attend backend for the mask patterns: auto, tiled, blocksparse or flex"
+                " (PyTorch FlexAttention, compiled; CPU: forward only)."
+            ),
+        ] = "auto",
         quick: Annotated[
             bool, typer.Option(help="Fewer repeats: a few minutes on 2 cores.")
         ] = False,
@@ -164,7 +171,7 @@ def build_app():
         try:
             config = BenchConfig(heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
                                  device=device, backward=backward, quick=quick, sweep=sweep,
-                                 max_memory_gib=max_memory)  # fmt: skip
+                                 max_memory_gib=max_memory, backend=backend)  # fmt: skip
             if patterns:
                 config.patterns = [parse_pattern_spec(p) for p in patterns]
             if shapes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,10 +28,11 @@ def summary_table(rows: list[Row]) -> Table:
     for row in rows:
         shape = row.case.shape_label
         if row.result is None:
-            table.add_row(row.case.label, shape, row.note, "", "", "")
+            table.add_row(escape(row.case.label), shape, escape(row.note), "", "", "")
             continue
         r = row.result
-        table.add_row(row.case.label, shape, f"{r['median_ms']:.2f}", f"{r['peak_mib']:.0f}",
+        label = escape(row.case.label)
+        table.add_row(label, shape, f"{r['median_ms']:.2f}", f"{r['peak_mib']:.0f}",
                       f"{r['gflop_per_s']:.1f}", f"{100 * r['efficiency']:.1f}%")  # fmt: skip
     return table
 
@@ -50,7 +52,7 @@ def run_bench_command(config: BenchConfig, out: Path, console: Console) -> list[
         task = progress.add_task("starting", total=todo)
 
         def on_start(row: Row) -> None:
-            progress.update(task, description=f"{row.case.label} @ {row.case.shape_label}")
+            progress.update(task, description=escape(f"{row.case.label} @ {row.case.shape_label}"))
 
         def on_done(row: Row) -> None:
             progress.advance(task)

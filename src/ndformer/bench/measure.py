@@ -50,10 +50,13 @@ class Case:
     repeats: int = 10
     min_seconds: float = 0.5
     warmup: int = 2
+    backend: str = "auto"  # attend's backend for pattern rows
 
     @property
     def label(self) -> str:
-        return self.reference or self.pattern
+        if self.reference:
+            return self.reference
+        return self.pattern if self.backend == "auto" else f"{self.pattern} [{self.backend}]"
 
     @property
     def tokens(self) -> int:
@@ -210,7 +213,7 @@ def _runner(case: Case, layout: Grid | Points, q, k, v, grad) -> Callable[[], ob
         spec = parse_pattern(case.pattern)
 
         def forward():
-            return attend(q, k, v, spec, grid)
+            return attend(q, k, v, spec, grid, backend=case.backend)
 
     if not case.backward:
 

@@ -15,6 +15,8 @@ from ..layout import Grid
 from ..patterns import pattern as parse_pattern
 from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
 
+#: ``attend`` backends that ``bench --backend`` can time.
+FAST_BACKENDS = ("auto", "tiled", "blocksparse", "flex")
 #: Patterns of ``--quick`` and of a run without ``--patterns``.
 DEFAULT_PATTERNS = (
     "window(8)",
@@ -64,6 +66,7 @@ class BenchConfig:
     repeats: int | None = None  # timed calls per case (default 3 with --quick/--sweep, else 10)
     min_seconds: float | None = None  # keep timing at least this long (default 0.25 / 1.0)
     warmup: int | None = None  # untimed calls first (default 1 with --quick/--sweep, else 2)
+    backend: str = "auto"  # attend's backend for the mask patterns (others keep their own path)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -78,6 +81,14 @@ class BenchConfig:
             raise ValueError(f"device {self.device!r} was asked for but CUDA is not available")
         for name in ("heads", "head_dim", "batch"):
             check_int(name, getattr(self, name), minimum=1)
+        if self.backend not in FAST_BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(FAST_BACKENDS)}; got {self.backend!r}"
+            )
+        if self.backend == "flex" and self.backward and device.type == "cpu":
+            raise ValueError(
+                "backend flex times inference only on CPU (no CPU backward): drop --backward"
+            )
         for spec in self.patterns:
             parse_pattern(spec)  # raises a ValueError naming the problem
         if self.shapes is None:
@@ -123,13 +134,21 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
     rows: list[Row] = []
     sizes = [(s, False) for s in config.shapes] + [((n,), True) for n in config.points]
     for shape, points in sizes:
-        where = dict(shape=shape, points=points, **base)
+        where = dict(shape=shape, points=points, **{**base, "backend": "auto"})
         cases = [Case(pattern="full", reference=FULL_SDPA, **where)]
         if not config.sweep:
             cases.append(Case(pattern=config.patterns[0], reference=DENSE_MASKED, **where))
-        cases += [Case(pattern=p, reference=None, **where) for p in config.patterns]
+        cases += [
+            Case(pattern=p, reference=None, **{**where, "backend": _backend(p, config.backend)})
+            for p in config.patterns
+        ]
         rows += [_admit(case, config, peak_gflops) for case in cases]
     return rows
+
+
+def _backend(spec: str, backend: str) -> str:
+    """Patterns that are not masks (pooled, linear, ...) keep their own fast path."""
+    return backend if parse_pattern(spec).is_mask else "auto"
 
 
 def _admit(case: Case, config: BenchConfig, peak_gflops: float) -> Row:
