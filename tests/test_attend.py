@@ -216,3 +216,32 @@ def test_irregular_tilings_keep_the_gather_path():
                            (Neighborhood(3), (8, 8))):  # fmt: skip
         rules = pattern.axis_rules(Grid(shape))
         assert tiling.local_plan(rules, shape, (8, 8), torch.device("cpu")).blocks is None
+
+
+@given(data=st.data())
+def test_tiled_path_in_small_chunks_matches_dense(data):
+    """Masked parts run in many chunks (strided and gathered tiles sliced per chunk)."""
+    from unittest import mock
+
+    from ndformer.kernels import local
+
+    shape = data.draw(shapes(), label="shape")
+    heads = data.draw(st.integers(1, 3), label="heads")
+    _, pattern = data.draw(any_pattern(shape, heads), label="pattern")
+    if not applicable(pattern, Grid(shape), "tiled", heads):
+        return
+    with mock.patch.object(local, "SCORES_PER_CHUNK", 64):
+        check_against_dense(pattern, shape, heads, backend="tiled", batch=2)
+
+
+def test_shifted_window_parts_are_gathered_by_strided_views():
+    from ndformer.kernels import tiling
+
+    shape = (9, 10)
+    rules = Window(4, shift=2).axis_rules(Grid(shape))
+    plan = tiling.local_plan(rules, shape, (4, 4), torch.device("cpu"))
+    assert plan.blocks is None and len(plan.parts) > 1
+    assert all(p.query_affine is not None and p.key_affine is not None for p in plan.parts)
+    # Border windows of 2 tokens at both ends of axis 0: tiles at 0 and 6 (9 = 2 + 4 + 3).
+    assert {p.query_affine[0] for p in plan.parts} >= {(2, 0, 1, 1, 4)}
+    check_against_dense(Window(4, shift=2), shape, heads=2, backend="tiled", batch=2)

@@ -157,7 +157,7 @@ def attend(
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if all(r.local for r in rules):
             plan = local_plan(rules, layout.shape, tiles, q.device)
-            return tiled_attention(q, k, v, plan, scale)
+            return tiled_attention(q, k, v, plan, scale, layout.shape)
     if backend == "tiled":
         raise ValueError(
             f"backend='tiled' needs a separable pattern with local axes (windows, stripes,"

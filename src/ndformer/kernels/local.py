@@ -76,14 +76,43 @@ def block_attention(
     return grid.reshape(batch, heads, n, v.shape[-1])
 
 
+def strided_tiles(
+    x: torch.Tensor, affine: tuple[tuple[int, int, int, int, int], ...], shape: tuple[int, ...]
+) -> torch.Tensor:
+    """x [rows, N, E] (row-major grid tokens) -> [rows, tiles, slots, E]: the tokens at
+    ``start + t * tile_step + s * slot_step`` per axis, through one strided view and a copy."""
+    x = x.contiguous()
+    rows, n, e = x.shape
+    token_strides = [math.prod(shape[a + 1 :]) for a in range(len(shape))]
+    sizes = [rows, *(a[3] for a in affine), *(a[4] for a in affine), e]
+    strides = [
+        n * e,
+        *(a[1] * st * e for a, st in zip(affine, token_strides, strict=True)),
+        *(a[2] * st * e for a, st in zip(affine, token_strides, strict=True)),
+        1,
+    ]
+    offset = x.storage_offset() + e * sum(
+        a[0] * st for a, st in zip(affine, token_strides, strict=True)
+    )
+    tiles = math.prod(a[3] for a in affine)
+    return x.as_strided(sizes, strides, offset).reshape(rows, tiles, -1, e)
+
+
 def tiled_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: LocalPlan, scale: float | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: LocalPlan,
+    scale: float | None,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """q, k: [B, heads, N, E]; v: [B, heads, N, Ev] -> [B, heads, N, Ev].
 
     Masked tiles are processed in chunks of at most ``SCORES_PER_CHUNK`` score
     elements, which bounds the temporary memory of inference and keeps it in the
-    allocator's reuse range instead of mapping fresh pages on every call.
+    allocator's reuse range instead of mapping fresh pages on every call. With the
+    grid ``shape``, parts whose tiles are affine on every axis are gathered by strided
+    views (whole, then sliced per chunk) instead of row gathers.
     """
     if plan.blocks is not None:
         return block_attention(q, k, v, plan.blocks, scale)
@@ -97,17 +126,25 @@ def tiled_attention(
         t, h = part.tile_tokens, part.halo_tokens
         # Unmasked parts go to SDPA's own memory-efficient kernels in one call.
         step = part.num_tiles if part.mask is None else max(1, SCORES_PER_CHUNK // (rows * t * h))
+        whole = {}
+        if shape is not None and part.query_affine is not None:
+            whole["q"] = strided_tiles(q, part.query_affine, shape)
+        if shape is not None and part.key_affine is not None:
+            whole["k"] = strided_tiles(k, part.key_affine, shape)
+            whole["v"] = strided_tiles(v, part.key_affine, shape)
         for start in range(0, part.num_tiles, step):
             stop = min(start + step, part.num_tiles)
 
-            def gather(x, index, size, start=start, stop=stop):
+            def gather(name, x, index, size, start=start, stop=stop, whole=whole):
+                if name in whole:
+                    return whole[name][:, start:stop]
                 index = index[start * size : stop * size]
                 return x.index_select(1, index).view(rows, stop - start, size, x.shape[-1])
 
             args = (
-                gather(q, part.query_index, t),
-                gather(k, part.key_index, h),
-                gather(v, part.key_index, h),
+                gather("q", q, part.query_index, t),
+                gather("k", k, part.key_index, h),
+                gather("v", v, part.key_index, h),
             )
             mask = None if part.mask is None else part.mask[start:stop]
             if mask is not None and q.device.type == "cpu":

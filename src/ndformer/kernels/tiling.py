@@ -88,6 +88,11 @@ class LocalPart:
     num_tiles: int
     tile_tokens: int
     halo_tokens: int
+    #: Per axis ``(start, tile_step, slot_step, tiles, slots)`` when the queries (keys)
+    #: of this part are ``start + t * tile_step + s * slot_step`` on every axis: then a
+    #: strided view and one copy gather them, faster than ``query_index`` (``key_index``).
+    query_affine: tuple[tuple[int, int, int, int, int], ...] | None = None
+    key_affine: tuple[tuple[int, int, int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,27 @@ def _regular(axis: AxisTiling, length: int) -> tuple[bool, int, int] | None:
     return None
 
 
+def _affine(coords: torch.Tensor) -> tuple[int, int, int, int, int] | None:
+    """``(start, tile_step, slot_step, tiles, slots)`` if ``coords [tiles, slots]`` is
+    ``start + t * tile_step + s * slot_step``, else None."""
+    tiles, slots = coords.shape
+    start = int(coords[0, 0])
+    tile_step = int(coords[1, 0] - start) if tiles > 1 else 0
+    slot_step = int(coords[0, 1] - start) if slots > 1 else 0
+    if tile_step < 0 or slot_step < 0:
+        return None
+    t = torch.arange(tiles)[:, None]
+    s = torch.arange(slots)[None, :]
+    if not torch.equal(coords, start + t * tile_step + s * slot_step):
+        return None
+    return (start, tile_step, slot_step, tiles, slots)
+
+
+def _all_affine(per_axis: list[torch.Tensor]) -> tuple | None:
+    found = tuple(_affine(c) for c in per_axis)
+    return None if None in found else found
+
+
 def _part(combo: tuple[AxisTiling, ...], shape: tuple[int, ...], device) -> LocalPart:
     """One batched call for a combination of per-axis tile classes."""
     mask = axis_outer([a.allowed for a in combo], operator.and_)
@@ -133,6 +159,8 @@ def _part(combo: tuple[AxisTiling, ...], shape: tuple[int, ...], device) -> Loca
         num_tiles=mask.shape[0],
         tile_tokens=mask.shape[1],
         halo_tokens=mask.shape[2],
+        query_affine=_all_affine([a.queries for a in combo]),
+        key_affine=_all_affine([a.keys for a in combo]),
     )
 
 
