@@ -162,6 +162,22 @@ def test_bad_bench_arguments_are_clear_errors():
         BenchConfig(backend="reference")
     with pytest.raises(ValueError, match="inference only on CPU"):
         BenchConfig(backend="flex", backward=True)
+    with pytest.raises(ValueError, match="native is inference-only"):
+        BenchConfig(backend="native", backward=True)
+
+
+def test_native_backend_times_the_patterns_it_runs():
+    config = BenchConfig(
+        patterns=["neighborhood(3)", "window(2) | axial(0)"], shapes=[(8, 8)], backend="native"
+    )
+    rows = plan_cases(config, 100.0)
+    labels = [r.case.label for r in rows]
+    assert labels[2:] == ["neighborhood(3) [native]", "window(2) | axial(0)"]
+    result = measure_case(
+        replace(rows[2].case, heads=2, head_dim=8, repeats=2, min_seconds=0, warmup=0)
+    )
+    # NATTEN semantics: kernel**2 keys for every query
+    assert result["backend"] == "native" and result["pairs"] == 9 * 64
 
 
 def test_backend_applies_to_mask_patterns_only():

@@ -18,14 +18,15 @@ from .kernels import (
 )
 from .kernels.flex import flex_attention
 from .kernels.groups import group_attention, scene_attention
+from .kernels.native import lane_attention, lane_plan, native_lanes, native_usable
 from .layout import Grid, Points, as_layout
 from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
 from .patterns import pattern as parse_pattern
-from .patterns.axis import AllRule
+from .patterns.axis import AllRule, NeighborhoodRule
 from .patterns.sorted import SortedGroups, as_points
 
-Backend = Literal["auto", "reference", "tiled", "blocksparse", "flex"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse", "flex")
+Backend = Literal["auto", "reference", "tiled", "blocksparse", "flex", "native"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse", "flex", "native")
 
 #: Default number of query tokens in one N-D tile (about 64**(1/ndim) per axis):
 #: 8x8 in 2-D, 4x4x4 in 3-D. Chosen from timings of tile sizes 2..16 (neighborhood(7)
@@ -56,6 +57,41 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
         raise ValueError(
             f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}"
         )
+
+
+#: ``auto`` leaves a pattern to the tiled path when more than this fraction of its
+#: native plan's key slots need per-lane gathers (irregular key sets).
+MAX_GATHERED = 0.25
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _prefer_native(q, k, v, rules) -> bool:
+    """Whether ``auto`` takes the native kernel for these per-axis rules: for neighborhoods,
+    where the tiled path computes whole key halos (2-3x faster at 128x128 and 32^3 on a
+    2-core x86 CPU); windows, stripes and axial attention run at least as fast through the
+    tiled path's batched SDPA (``ndformer bench --backend native`` compares them)."""
+    if not any(isinstance(r, NeighborhoodRule) for r in rules):
+        return False
+    return native_usable(q, _needs_grad(q, k, v)) is None
+
+
+def _native(q, k, v, pattern: Pattern, layout, scale: float) -> torch.Tensor:
+    """backend='native': the lane kernel, or a clear error saying why it cannot run."""
+    if isinstance(layout, Points) or not isinstance(pattern, Separable):
+        raise ValueError(
+            f"backend='native' runs separable patterns (windows, neighborhoods, stripes,"
+            f" axial) on grids; got {pattern!r} on {layout!r}; use 'auto'"
+        )
+    reason = native_usable(q, _needs_grad(q, k, v))
+    if reason is not None:
+        raise ValueError(f"backend='native' cannot run here: {reason}; use 'auto'")
+    plan = lane_plan(tuple(pattern.axis_rules(layout)), layout.shape, native_lanes(q.dtype))
+    if plan is None:
+        raise ValueError(f"backend='native': {pattern!r} has too many keys per query; use 'auto'")
+    return lane_attention(q, k, v, plan, scale)
 
 
 def _tile(tile: int | tuple[int, ...] | None, layout: Grid) -> tuple[int, ...]:
@@ -90,7 +126,9 @@ def attend(
             through SDPA; local separable patterns), ``"blocksparse"`` (any pattern) or
             ``"reference"`` (dense mask: N x N memory, for tests and debugging) or
             ``"flex"`` (PyTorch's compiled FlexAttention for mask patterns on grids:
-            fast on CUDA; inference only on CPU; needs a compiler for ``torch.compile``).
+            fast on CUDA; inference only on CPU; needs a compiler for ``torch.compile``)
+            or ``"native"`` (ndformer's compiled CPU kernel for local separable patterns,
+            float32/float64, inference only; ``"auto"`` uses it when it applies).
         tile: query tile size per axis (int or tuple) for the fast paths; a tuning
             knob that never changes the result.
 
@@ -118,7 +156,9 @@ def attend(
         if isinstance(layout, Points):
             raise ValueError(f"backend='flex' works on grids; on {layout!r} use 'auto'")
         return flex_attention(q, k, v, pattern, layout, scale)
-    if isinstance(pattern, HeadSplit) and (backend in ("auto", "tiled") or not pattern.is_mask):
+    if isinstance(pattern, HeadSplit) and (
+        backend in ("auto", "tiled", "native") or not pattern.is_mask
+    ):
         outputs = []
         for part, (start, stop) in zip(
             pattern.patterns, pattern.head_groups(q.shape[1]), strict=True
@@ -151,10 +191,16 @@ def attend(
         if groups is not None:
             return group_attention(q, k, v, groups.to(q.device), scale)
         return scene_attention(q, k, v, pattern, points, scale)
+    if backend == "native":
+        return _native(q, k, v, pattern, layout, scale)
     if isinstance(pattern, Separable) and backend in ("auto", "tiled"):
         rules = pattern.axis_rules(layout)
         if backend == "auto" and all(isinstance(r, AllRule) for r in rules):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        if backend == "auto" and _prefer_native(q, k, v, rules):
+            lanes = lane_plan(tuple(rules), layout.shape, native_lanes(q.dtype))
+            if lanes is not None and lanes.gathered <= MAX_GATHERED:
+                return lane_attention(q, k, v, lanes, scale)
         if all(r.local for r in rules):
             plan = local_plan(rules, layout.shape, tiles, q.device)
             return tiled_attention(q, k, v, plan, scale, layout.shape)

@@ -140,8 +140,9 @@ def build_app():
         backend: Annotated[
             str,
             typer.Option(
-                help="attend backend for the mask patterns: auto, tiled, blocksparse or flex"
-                " (PyTorch FlexAttention, compiled; CPU: forward only)."
+                help="attend backend for the mask patterns: auto, tiled, blocksparse, flex"
+                " (PyTorch FlexAttention, compiled; CPU: forward only) or native"
+                " (ndformer's compiled CPU kernel; forward only)."
             ),
         ] = "auto",
         quick: Annotated[

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..kernels.native import native_status
 from .runner import Row, sweep_exponents
 
 CSV_COLUMNS = (
@@ -45,6 +46,8 @@ def machine_info(device: str = "cpu", peak_gflops: float | None = None) -> dict[
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device"] = f"{device} ({torch.cuda.get_device_name(device)})"
+    if device == "cpu":
+        info["native kernel"] = native_status()
     if peak_gflops is not None:
         info["float32 matmul peak"] = f"{peak_gflops:.1f} GFLOP/s (median of square 2048 matmuls)"
     return info

@@ -12,11 +12,12 @@ import torch
 from .._checks import check_int
 from .._io import run_json_worker
 from ..layout import Grid
+from ..patterns import HeadSplit, Separable
 from ..patterns import pattern as parse_pattern
 from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
 
 #: ``attend`` backends that ``bench --backend`` can time.
-FAST_BACKENDS = ("auto", "tiled", "blocksparse", "flex")
+FAST_BACKENDS = ("auto", "tiled", "blocksparse", "flex", "native")
 #: Patterns of ``--quick`` and of a run without ``--patterns``.
 DEFAULT_PATTERNS = (
     "window(8)",
@@ -85,6 +86,8 @@ class BenchConfig:
             raise ValueError(
                 f"backend must be one of {', '.join(FAST_BACKENDS)}; got {self.backend!r}"
             )
+        if self.backend == "native" and self.backward:
+            raise ValueError("backend native is inference-only (no backward): drop --backward")
         if self.backend == "flex" and self.backward and device.type == "cpu":
             raise ValueError(
                 "backend flex times inference only on CPU (no CPU backward): drop --backward"
@@ -147,8 +150,18 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
 
 
 def _backend(spec: str, backend: str) -> str:
-    """Patterns that are not masks (pooled, linear, ...) keep their own fast path."""
-    return backend if parse_pattern(spec).is_mask else "auto"
+    """Patterns that are not masks (pooled, linear, ...) keep their own fast path, and so do
+    those the native kernel does not run (unions, sorted groups)."""
+    pattern = parse_pattern(spec)
+    if not pattern.is_mask or (backend == "native" and not _native_runs(pattern)):
+        return "auto"
+    return backend
+
+
+def _native_runs(pattern) -> bool:
+    if isinstance(pattern, HeadSplit):
+        return all(_native_runs(p) for p in pattern.patterns)
+    return isinstance(pattern, Separable)
 
 
 def _admit(case: Case, config: BenchConfig, peak_gflops: float) -> Row:

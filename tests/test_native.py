@@ -1,0 +1,147 @@
+"""The native lane kernel (kernels/lanes.cpp) equals dense masked SDPA, and auto uses it
+only where it applies (CPU inference, float32/float64, local separable patterns)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ndformer import Grid, Points, attend
+from ndformer.kernels import native
+from ndformer.patterns import Causal, HeadSplit, Neighborhood, Separable, Stripe, Window
+from strategies import any_pattern, shapes
+
+if native._compiler() is None:  # pragma: no cover - every CI machine has g++
+    pytest.skip("no C++ compiler: the native kernel cannot be built", allow_module_level=True)
+
+
+def test_the_kernel_builds_here():
+    assert native.native_status() == "ready"
+    assert native.native_lanes(torch.float32) * 4 == native.native_lanes(torch.float64) * 8
+
+
+def runs_natively(pattern, grid, heads):
+    if isinstance(pattern, HeadSplit):
+        return all(
+            runs_natively(p, grid, stop - start)
+            for p, (start, stop) in zip(pattern.patterns, pattern.head_groups(heads))
+            if stop > start
+        )
+    return isinstance(pattern, Separable)
+
+
+def dense_and_native(pattern, shape, heads, *, batch=1, scale=None, dtype=torch.float64, seed=0):
+    grid = Grid(shape)
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(batch, heads, grid.num_tokens, 5, generator=gen) for _ in range(2))
+    v = torch.randn(batch, heads, grid.num_tokens, 3, generator=gen)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    mask = pattern.mask(grid, heads)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return attend(q, k, v, pattern, grid, backend="native", scale=scale), expected
+
+
+@given(data=st.data())
+def test_native_matches_dense_masked_sdpa(data):
+    shape = data.draw(shapes(), label="shape")
+    heads = data.draw(st.integers(1, 3), label="heads")
+    _, pattern = data.draw(any_pattern(shape, heads), label="pattern")
+    batch = data.draw(st.integers(1, 2), label="batch")
+    scale = data.draw(st.none() | st.floats(0.1, 2.0), label="scale")
+    if not runs_natively(pattern, Grid(shape), heads):
+        with pytest.raises(ValueError, match="native"):
+            dense_and_native(pattern, shape, heads)
+        return
+    out, expected = dense_and_native(pattern, shape, heads, batch=batch, scale=scale)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape", "kinds"),
+    [
+        (Neighborhood(7), (20, 37), {native.SHIFT, native.PERM}),  # interior / clamped borders
+        (Window(4), (8, 12), {native.BCAST}),
+        (Window(3, shift=1), (7, 9), {native.SKIP, native.BCAST}),  # short border windows
+        (Neighborhood(3, dilation=2), (9, 40), {native.PERM}),  # lanes 2 tokens apart
+        (Neighborhood(3, dilation=9), (60,), {native.GATHER}),  # lanes 9 tokens apart
+        (Stripe(1, 5), (9, 12), {native.BCAST, native.SKIP}),
+        (Neighborhood(3, causal=(True, False, False)), (6, 8, 7), None),
+        (Causal(0), (7, 6, 5), None),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_slot_kind_matches_dense(monkeypatch, pattern, shape, kinds, dtype):
+    monkeypatch.setattr(native, "PLAN_CHUNK", 512)  # plans built in several chunks
+    native.lane_plan.cache_clear()
+    grid = Grid(shape)
+    plan = native.lane_plan(tuple(pattern.axis_rules(grid)), shape, native.native_lanes(dtype))
+    if kinds is not None:
+        assert kinds <= set(np.unique(plan.kind).tolist())
+    out, expected = dense_and_native(pattern, shape, heads=2, batch=2, dtype=dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, expected, **tol)
+    native.lane_plan.cache_clear()
+
+
+def test_auto_takes_the_native_kernel_only_for_inference(monkeypatch):
+    calls = []
+    real = native.lane_attention
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(importlib.import_module("ndformer.attend"), "lane_attention", counting)
+    pattern, shape = Neighborhood(5), (12, 13)
+    q, k, v = (torch.randn(1, 2, 156, 8, dtype=torch.float64) for _ in range(3))
+    expected = attend(q, k, v, pattern, shape, backend="reference")
+    with torch.inference_mode():
+        torch.testing.assert_close(attend(q, k, v, pattern, shape), expected)
+    assert len(calls) == 1
+    q.requires_grad_()
+    attend(q, k, v, pattern, shape).sum().backward()  # training: the tiled path
+    assert len(calls) == 1
+    with torch.no_grad():
+        attend(q, k, v, pattern, shape)
+    assert len(calls) == 2
+    attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), pattern, shape)
+    assert len(calls) == 2
+
+
+def test_native_backend_refuses_what_it_cannot_run():
+    x = torch.randn(1, 1, 16, 4)
+    with pytest.raises(ValueError, match="inference-only"):
+        attend(x.requires_grad_(), x, x, "window(2)", (4, 4), backend="native")
+    x = torch.randn(1, 1, 16, 4)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        attend(x.half(), x.half(), x.half(), "window(2)", (4, 4), backend="native")
+    with pytest.raises(ValueError, match="separable"):
+        attend(x, x, x, "window(2) | axial(0)", (4, 4), backend="native")
+    points = Points(torch.tensor([[0, 0], [1, 0], [3, 2]]))
+    y = torch.randn(1, 1, 3, 4)
+    with pytest.raises(ValueError, match="grids"):
+        attend(y, y, y, "window(2)", points, backend="native")
+
+
+def test_without_a_compiler_auto_falls_back(monkeypatch):
+    monkeypatch.setenv("NDFORMER_NATIVE", "0")
+    native._library.cache_clear()
+    try:
+        assert "disabled" in native.native_status()
+        x = torch.randn(1, 2, 30, 4, dtype=torch.float64)
+        with torch.no_grad():
+            out = attend(x, x, x, "neighborhood(3)", (5, 6))
+        expected = attend(x, x, x, "neighborhood(3)", (5, 6), backend="reference")
+        torch.testing.assert_close(out, expected)
+        with pytest.raises(ValueError, match="NDFORMER_NATIVE"):
+            attend(x, x, x, "neighborhood(3)", (5, 6), backend="native")
+    finally:
+        monkeypatch.delenv("NDFORMER_NATIVE")
+        native._library.cache_clear()
