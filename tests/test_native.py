@@ -3,8 +3,6 @@ only where it applies (CPU inference, float32/float64, local separable patterns)
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -90,29 +88,71 @@ def test_every_slot_kind_matches_dense(monkeypatch, pattern, shape, kinds, dtype
     native.lane_plan.cache_clear()
 
 
-def test_auto_takes_the_native_kernel_only_for_inference(monkeypatch):
-    calls = []
-    real = native.lane_attention
+def count_kernel_calls(monkeypatch) -> dict[str, int]:
+    """Count calls of the two native kernels (by the name of their Python entry)."""
+    calls = {"lanes": 0, "shared": 0}
+    for key, name in (("lanes", "lane_attention"), ("shared", "shared_attention")):
+        kernel = getattr(native, name)
 
-    def counting(*args):
-        calls.append(1)
-        return real(*args)
+        def counting(*args, key=key, kernel=kernel):
+            calls[key] += 1
+            return kernel(*args)
 
-    monkeypatch.setattr(importlib.import_module("ndformer.attend"), "lane_attention", counting)
+        monkeypatch.setattr(native, name, counting)
+    return calls
+
+
+def test_auto_takes_the_native_kernels_only_for_inference(monkeypatch):
+    calls = count_kernel_calls(monkeypatch)
     pattern, shape = Neighborhood(5), (12, 13)
     q, k, v = (torch.randn(1, 2, 156, 8, dtype=torch.float64) for _ in range(3))
     expected = attend(q, k, v, pattern, shape, backend="reference")
     with torch.inference_mode():
         torch.testing.assert_close(attend(q, k, v, pattern, shape), expected)
-    assert len(calls) == 1
+    assert calls == {"lanes": 1, "shared": 0}
     q.requires_grad_()
     attend(q, k, v, pattern, shape).sum().backward()  # training: the tiled path
-    assert len(calls) == 1
+    assert calls == {"lanes": 1, "shared": 0}
     with torch.no_grad():
         attend(q, k, v, pattern, shape)
-    assert len(calls) == 2
+        attend(q, k, v, Window(4, shift=2), shape)
+        attend(q, k, v, Stripe(0, 3), shape)
+    assert calls == {"lanes": 2, "shared": 2}
     attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), pattern, shape)
-    assert len(calls) == 2
+    assert calls == {"lanes": 2, "shared": 2}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape", "registers"),
+    [
+        (Window(8), (16, 16), {4}),  # 64 queries: four float32 registers per tile
+        (Window(4), (8, 12), {1}),
+        (Window(4, shift=2), (10, 11), {1}),  # border windows: fewer keys and queries
+        (Window(4), (4, 4, 8), {4}),
+        (Stripe(1, 5), (9, 12), {3}),
+        (Window((2, 3), dilation=(3, 2)), (7, 8), {1}),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_shared_key_tiles_match_dense(pattern, shape, registers, dtype):
+    vl = native.native_lanes(dtype)
+    plan = native.shared_plan(tuple(pattern.axis_rules(Grid(shape))), shape, vl)
+    assert plan is not None
+    tokens = plan.tokens.reshape(plan.tiles, native.SHARED_GROUP, vl)
+    used = (tokens[:, :, 0] >= 0).sum(1)
+    if dtype == torch.float32:
+        assert set(used.tolist()) >= registers
+    # every query exactly once; every tile's keys are each of its queries' keys
+    assert sorted(tokens[tokens >= 0].tolist()) == list(range(Grid(shape).num_tokens))
+    mask = pattern.mask(Grid(shape), 1)[0]
+    for t in range(plan.tiles):
+        keys = plan.keys[t, : plan.counts[t]]
+        for query in tokens[t][tokens[t] >= 0]:
+            assert sorted(keys.tolist()) == torch.nonzero(mask[query]).flatten().tolist()
+    out, expected = dense_and_native(pattern, shape, heads=2, batch=2, dtype=dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, expected, **tol)
 
 
 def test_native_backend_refuses_what_it_cannot_run():

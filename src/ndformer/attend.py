@@ -18,11 +18,11 @@ from .kernels import (
 )
 from .kernels.flex import flex_attention
 from .kernels.groups import group_attention, scene_attention
-from .kernels.native import lane_attention, lane_plan, native_lanes, native_usable
+from .kernels.native import native_attention, native_usable
 from .layout import Grid, Points, as_layout
 from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
 from .patterns import pattern as parse_pattern
-from .patterns.axis import AllRule, NeighborhoodRule
+from .patterns.axis import AllRule
 from .patterns.sorted import SortedGroups, as_points
 
 Backend = Literal["auto", "reference", "tiled", "blocksparse", "flex", "native"]
@@ -59,27 +59,12 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
         )
 
 
-#: ``auto`` leaves a pattern to the tiled path when more than this fraction of its
-#: native plan's key slots need per-lane gathers (irregular key sets).
-MAX_GATHERED = 0.25
-
-
 def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _prefer_native(q, k, v, rules) -> bool:
-    """Whether ``auto`` takes the native kernel for these per-axis rules: for neighborhoods,
-    where the tiled path computes whole key halos (2-3x faster at 128x128 and 32^3 on a
-    2-core x86 CPU); windows, stripes and axial attention run at least as fast through the
-    tiled path's batched SDPA (``ndformer bench --backend native`` compares them)."""
-    if not any(isinstance(r, NeighborhoodRule) for r in rules):
-        return False
-    return native_usable(q, _needs_grad(q, k, v)) is None
-
-
 def _native(q, k, v, pattern: Pattern, layout, scale: float) -> torch.Tensor:
-    """backend='native': the lane kernel, or a clear error saying why it cannot run."""
+    """backend='native': the native kernels, or a clear error saying why they cannot run."""
     if isinstance(layout, Points) or not isinstance(pattern, Separable):
         raise ValueError(
             f"backend='native' runs separable patterns (windows, neighborhoods, stripes,"
@@ -88,10 +73,10 @@ def _native(q, k, v, pattern: Pattern, layout, scale: float) -> torch.Tensor:
     reason = native_usable(q, _needs_grad(q, k, v))
     if reason is not None:
         raise ValueError(f"backend='native' cannot run here: {reason}; use 'auto'")
-    plan = lane_plan(tuple(pattern.axis_rules(layout)), layout.shape, native_lanes(q.dtype))
-    if plan is None:
+    out = native_attention(q, k, v, pattern.axis_rules(layout), layout.shape, scale, force=True)
+    if out is None:
         raise ValueError(f"backend='native': {pattern!r} has too many keys per query; use 'auto'")
-    return lane_attention(q, k, v, plan, scale)
+    return out
 
 
 def _tile(tile: int | tuple[int, ...] | None, layout: Grid) -> tuple[int, ...]:
@@ -127,8 +112,8 @@ def attend(
             ``"reference"`` (dense mask: N x N memory, for tests and debugging) or
             ``"flex"`` (PyTorch's compiled FlexAttention for mask patterns on grids:
             fast on CUDA; inference only on CPU; needs a compiler for ``torch.compile``)
-            or ``"native"`` (ndformer's compiled CPU kernel for local separable patterns,
-            float32/float64, inference only; ``"auto"`` uses it when it applies).
+            or ``"native"`` (ndformer's compiled CPU kernels for local separable
+            patterns, float32/float64, inference only; ``"auto"`` uses them there).
         tile: query tile size per axis (int or tuple) for the fast paths; a tuning
             knob that never changes the result.
 
@@ -197,11 +182,11 @@ def attend(
         rules = pattern.axis_rules(layout)
         if backend == "auto" and all(isinstance(r, AllRule) for r in rules):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        if backend == "auto" and _prefer_native(q, k, v, rules):
-            lanes = lane_plan(tuple(rules), layout.shape, native_lanes(q.dtype))
-            if lanes is not None and lanes.gathered <= MAX_GATHERED:
-                return lane_attention(q, k, v, lanes, scale)
         if all(r.local for r in rules):
+            if backend == "auto" and native_usable(q, _needs_grad(q, k, v)) is None:
+                out = native_attention(q, k, v, rules, layout.shape, scale)
+                if out is not None:
+                    return out
             plan = local_plan(rules, layout.shape, tiles, q.device)
             return tiled_attention(q, k, v, plan, scale, layout.shape)
     if backend == "tiled":

@@ -1,5 +1,9 @@
-// ndformer's native CPU kernel for local attention patterns ("lane kernel").
+// ndformer's native CPU kernels for local attention patterns. Two of them:
 //
+// 1. The shared-keys kernel (struct Shared, below): windows, stripes, axial attention.
+//    All queries of a tile share their keys, read in place from row-major K and V.
+//
+// 2. The lane kernel (struct Kernel):
 // A plan (built in Python, kernels/native.py) groups the queries into tiles of VL
 // "lanes" (VL = one SIMD register: 16 floats or 8 doubles) and lists, for every tile,
 // the key "slots": slot s of lane l is the s-th key of that lane's query. Each
@@ -308,6 +312,146 @@ struct Kernel {
     }
 };
 
+
+// Queries that share one key list (windows): up to G = 4 registers of lanes per tile, keys
+// read from row-major K and V (no transposes) as broadcasts, scores and the value sum
+// register-blocked as G lane vectors x R keys (or R value channels).
+template <typename T>
+struct Shared {
+    using K = Kernel<T>;
+    using vec = typename K::vec;
+    static constexpr int VL = K::VL, GMAX = 4, R = 4;
+
+    struct Args {
+        const T *q, *k, *v;
+        T* out;
+        int64_t n, e, ev;
+        const int32_t *tokens, *keys, *counts;
+        int64_t tiles, slots;
+        T scale;
+    };
+
+    template <int G>
+    static void tile(const Args& a, int64_t job, vec* qt, vec* s, vec* o) {
+        int64_t r = job / a.tiles, t = job % a.tiles;
+        const int32_t* tok = a.tokens + t * GMAX * VL;
+        const int32_t* key = a.keys + t * a.slots;
+        const int64_t count = a.counts[t], e = a.e, ev = a.ev;
+        const T* qr = a.q + r * a.n * e;
+        const T* kr = a.k + r * a.n * e;
+        const T* vr = a.v + r * a.n * ev;
+        for (int g = 0; g < G; g++) {
+            const int32_t* tg = tok + g * VL;
+            for (int64_t d = 0; d < e; d++) {
+                vec x = K::splat(0);
+                for (int l = 0; l < VL; l++) x[l] = tg[l] >= 0 ? qr[(int64_t)tg[l] * e + d] : 0;
+                qt[d * G + g] = x * a.scale;
+            }
+        }
+        // scores s[j * G + g] = q_g . k_j
+        int64_t j = 0;
+        for (; j + R <= count; j += R) {
+            vec acc[G][R];
+            const T* kj[R];
+            for (int i = 0; i < R; i++) kj[i] = kr + (int64_t)key[j + i] * e;
+            for (int g = 0; g < G; g++)
+                for (int i = 0; i < R; i++) acc[g][i] = K::splat(0);
+            for (int64_t d = 0; d < e; d++) {
+                vec kv[R];
+                for (int i = 0; i < R; i++) kv[i] = K::splat(kj[i][d]);
+                for (int g = 0; g < G; g++) {
+                    vec qv = qt[d * G + g];
+                    for (int i = 0; i < R; i++) acc[g][i] += qv * kv[i];
+                }
+            }
+            for (int i = 0; i < R; i++)
+                for (int g = 0; g < G; g++) s[(j + i) * G + g] = acc[g][i];
+        }
+        for (; j < count; j++) {
+            vec acc[G];
+            const T* kj = kr + (int64_t)key[j] * e;
+            for (int g = 0; g < G; g++) acc[g] = K::splat(0);
+            for (int64_t d = 0; d < e; d++)
+                for (int g = 0; g < G; g++) acc[g] += qt[d * G + g] * K::splat(kj[d]);
+            for (int g = 0; g < G; g++) s[j * G + g] = acc[g];
+        }
+        vec sum[G];
+        for (int g = 0; g < G; g++) {
+            vec mx = s[g];
+            for (int64_t i = 1; i < count; i++) mx = s[i * G + g] > mx ? s[i * G + g] : mx;
+            sum[g] = K::splat(0);
+            for (int64_t i = 0; i < count; i++) {
+                vec p = K::vexp(s[i * G + g] - mx);
+                s[i * G + g] = p;
+                sum[g] += p;
+            }
+        }
+        // o[c * G + g] = sum_j p_gj v_j[c]
+        int64_t c0 = 0;
+        for (; c0 + R <= ev; c0 += R) {
+            vec acc[G][R];
+            for (int g = 0; g < G; g++)
+                for (int i = 0; i < R; i++) acc[g][i] = K::splat(0);
+            for (int64_t i = 0; i < count; i++) {
+                const T* vj = vr + (int64_t)key[i] * ev + c0;
+                vec vv[R];
+                for (int c = 0; c < R; c++) vv[c] = K::splat(vj[c]);
+                for (int g = 0; g < G; g++) {
+                    vec p = s[i * G + g];
+                    for (int c = 0; c < R; c++) acc[g][c] += p * vv[c];
+                }
+            }
+            for (int c = 0; c < R; c++)
+                for (int g = 0; g < G; g++) o[(c0 + c) * G + g] = acc[g][c];
+        }
+        for (; c0 < ev; c0++) {
+            vec acc[G];
+            for (int g = 0; g < G; g++) acc[g] = K::splat(0);
+            for (int64_t i = 0; i < count; i++) {
+                vec vv = K::splat(vr[(int64_t)key[i] * ev + c0]);
+                for (int g = 0; g < G; g++) acc[g] += s[i * G + g] * vv;
+            }
+            for (int g = 0; g < G; g++) o[c0 * G + g] = acc[g];
+        }
+        T* outr = a.out + r * a.n * ev;
+        for (int g = 0; g < G; g++) {
+            vec inv = K::splat(1) / sum[g];
+            const int32_t* tg = tok + g * VL;
+            for (int l = 0; l < VL; l++) {
+                if (tg[l] < 0) continue;
+                T* dst = outr + (int64_t)tg[l] * ev;
+                for (int64_t c = 0; c < ev; c++) dst[c] = o[c * G + g][l] * inv[l];
+            }
+        }
+    }
+
+    static void run(const Args& a, int64_t rows, int threads) {
+        K::parallel(rows * a.tiles, threads, [&a](int64_t begin, int64_t end) {
+            std::vector<vec> qt(a.e * GMAX), s(a.slots * GMAX), o(a.ev * GMAX);
+            for (int64_t job = begin; job < end; job++) {
+                const int32_t* tok = a.tokens + job % a.tiles * GMAX * VL;
+                int g = GMAX;
+                while (g > 1 && tok[(g - 1) * VL] < 0) g--;
+                switch (g) {
+                    case 1: tile<1>(a, job, qt.data(), s.data(), o.data()); break;
+                    case 2: tile<2>(a, job, qt.data(), s.data(), o.data()); break;
+                    case 3: tile<3>(a, job, qt.data(), s.data(), o.data()); break;
+                    default: tile<4>(a, job, qt.data(), s.data(), o.data());
+                }
+            }
+        });
+    }
+};
+
+template <typename T>
+void shared(const T* q, const T* k, const T* v, T* out, int64_t rows, int64_t n, int64_t e,
+            int64_t ev, const int32_t* tokens, const int32_t* keys, const int32_t* counts,
+            int64_t tiles, int64_t slots, double scale, int threads) {
+    typename Shared<T>::Args a{q, k, v, out, n, e, ev, tokens, keys, counts, tiles, slots,
+                               (T)scale};
+    Shared<T>::run(a, rows, threads);
+}
+
 template <typename T>
 void lanes(const T* q, const T* kt, const T* vt, T* out, int64_t rows, int64_t n, int64_t np,
            int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
@@ -332,6 +476,20 @@ void ndf_transpose_f32(const float* x, float* out, int64_t rows, int64_t n, int6
 void ndf_transpose_f64(const double* x, double* out, int64_t rows, int64_t n, int64_t e,
                        int64_t np, int threads) {
     Kernel<double>::transpose(x, out, rows, n, e, np, threads);
+}
+void ndf_shared_f32(const float* q, const float* k, const float* v, float* out, int64_t rows,
+                    int64_t n, int64_t e, int64_t ev, const int32_t* tokens,
+                    const int32_t* keys, const int32_t* counts, int64_t tiles, int64_t slots,
+                    double scale, int threads) {
+    shared<float>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
+                  threads);
+}
+void ndf_shared_f64(const double* q, const double* k, const double* v, double* out,
+                    int64_t rows, int64_t n, int64_t e, int64_t ev, const int32_t* tokens,
+                    const int32_t* keys, const int32_t* counts, int64_t tiles, int64_t slots,
+                    double scale, int threads) {
+    shared<double>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
+                   threads);
 }
 void ndf_lanes_f32(const float* q, const float* kt, const float* vt, float* out, int64_t rows,
                    int64_t n, int64_t np, int64_t e, int64_t ev, const int32_t* tokens,

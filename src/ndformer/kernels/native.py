@@ -1,18 +1,25 @@
-"""Native CPU kernel for local separable patterns (``lanes.cpp``), compiled once per machine.
+"""Native CPU kernels for local separable patterns (``lanes.cpp``), compiled once per machine.
 
-The kernel puts VL queries (one SIMD register: 16 float32 or 8 float64) side by side
-and walks their key lists together: for a neighborhood the VL keys of one slot are
-VL consecutive tokens (one vector load), for a window one shared token (a broadcast).
-Scores, the softmax and the value sum never touch a pair the pattern does not allow,
-so unlike the tiled path (dense halos, 4x the true pairs for neighborhood(7)) no work
-is wasted; the plan saying where each slot's keys lie is built here from the pattern's
-per-axis rules and cached per (pattern, shape, lanes).
+Two kernels, both computing only the pairs the pattern allows:
+
+- the *shared-keys* kernel, for patterns whose queries come in groups that share every
+  key (windows — shifted, dilated, non-dividing —, stripes, axial): up to 4 SIMD
+  registers of queries per tile (64 float32 queries) against the group's keys read in
+  place as broadcasts, register-blocked 4 queries-registers x 4 keys (or value
+  channels); no transposes, no masks;
+- the *lane* kernel, for neighborhoods: VL queries (one register: 16 float32 or 8
+  float64) walk their key lists together; a slot's VL keys are VL consecutive tokens (a
+  vector load of K^T), one shared token, or a few tokens apart at borders (a permute).
+  The tiled path computes whole key halos instead (4x the pairs of neighborhood(7)).
+
+Plans (which keys each tile of queries reads) are built here from the pattern's per-axis
+rules and cached per (rules, shape, lanes).
 
 The source is compiled with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or
 ``clang++``; ``-O3 -march=native``) into ``$NDFORMER_CACHE/kernels`` (default
 ``~/.cache/ndformer/kernels``) on first use, keyed by the source, compiler and CPU, and
-written atomically. Without a compiler, or with ``NDFORMER_NATIVE=0``, the kernel is
-unavailable and ``attend`` uses the tiled path. It runs forward passes without autograd
+written atomically. Without a compiler, or with ``NDFORMER_NATIVE=0``, the kernels are
+unavailable and ``attend`` uses the tiled path. They run forward passes without autograd
 (inference); training uses the tiled path.
 """
 
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 
 from .._cache import plan_cache
-from ..patterns.axis import AxisRule, relation
+from ..patterns.axis import AllRule, AxisRule, NeighborhoodRule, PartitionRule, relation
 
 SOURCE = Path(__file__).with_name("lanes.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -45,6 +52,11 @@ DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 MAX_SLOTS = 4096
 #: Tiles classified per step while building a plan (bounds its temporary memory).
 PLAN_CHUNK = 1 << 22
+#: Largest lane plan (tiles x slots entries, 8 bytes each) built; beyond, the tiled path.
+MAX_PLAN_ENTRIES = 1 << 24
+#: ``auto`` leaves a pattern to the tiled path when more than this fraction of its lane
+#: plan's key slots need per-lane gathers (irregular key sets).
+MAX_GATHERED = 0.25
 
 
 def _cache_dir() -> Path:
@@ -115,6 +127,10 @@ def _library() -> _Library:
         fn.restype = None
         fn.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64]
         fn.argtypes += [ctypes.c_double, ctypes.c_int]
+        fn = getattr(lib, f"ndf_shared_{suffix}")
+        fn.restype = None
+        fn.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, i64, i64, ctypes.c_double]
+        fn.argtypes += [ctypes.c_int]
         fn = getattr(lib, f"ndf_transpose_{suffix}")
         fn.restype = None
         fn.argtypes = [p, p, i64, i64, i64, i64, ctypes.c_int]
@@ -220,7 +236,8 @@ def _query_tiles(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -
 @plan_cache(64)
 def lane_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> LanePlan | None:
     """The lane plan of a separable pattern (its per-axis ``rules``) on a grid, or None when
-    a query has more than ``MAX_SLOTS`` key slots."""
+    a query has more than ``MAX_SLOTS`` key slots or the plan would exceed
+    ``MAX_PLAN_ENTRIES``."""
     nd = len(shape)
     keys = [_axis_keys(r, n) for r, n in zip(rules, shape, strict=True)]
     counts = [k.shape[1] for k in keys]
@@ -230,6 +247,8 @@ def lane_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> L
     strides = [math.prod(shape[a + 1 :]) for a in range(nd)]
     tokens = _query_tiles(rules, shape, vl)
     num_tiles = len(tokens)
+    if num_tiles * slots > MAX_PLAN_ENTRIES:
+        return None
     kind = np.empty((num_tiles, slots), np.int32)
     base = np.empty((num_tiles, slots), np.int32)
     offsets, start = [], []
@@ -281,6 +300,125 @@ def lane_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> L
         lanes=vl,
         gathered=float((kind == GATHER).sum() / max(1, used)),
     )
+
+
+def native_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rules: list[AxisRule] | tuple[AxisRule, ...],
+    shape: tuple[int, ...],
+    scale: float,
+    *,
+    force: bool = False,
+) -> torch.Tensor | None:
+    """Attention of a separable pattern (per-axis ``rules``) on a grid of ``shape`` through
+    the native kernels (``native_usable`` must have said yes): the shared-keys kernel when
+    every query tile shares its keys (windows, stripes, axial), else the lane kernel for
+    neighborhoods (or any pattern when ``force``). None when ``auto`` should keep the
+    tiled path (or, with ``force``, when the plan would be too large)."""
+    rules = tuple(rules)
+    vl = native_lanes(q.dtype)
+    shared = shared_plan(rules, shape, vl)
+    if shared is not None:
+        return shared_attention(q, k, v, shared, scale)
+    plan = lane_plan(rules, shape, vl)
+    if plan is None:
+        return None
+    neighborhood = any(isinstance(r, NeighborhoodRule) for r in rules)
+    if force or (neighborhood and plan.gathered <= MAX_GATHERED):
+        return lane_attention(q, k, v, plan, scale)
+    return None
+
+
+@dataclass(frozen=True)
+class SharedPlan:
+    """Query tiles whose lanes all share one key list (windows): tokens [T, 4 * VL] int32
+    (up to 4 lane registers, -1 = padding), keys [T, S] int32 (the shared keys, -1
+    padded) and counts [T] int32."""
+
+    tokens: np.ndarray
+    keys: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def tiles(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def slots(self) -> int:
+        return self.keys.shape[1]
+
+
+#: Lane registers per tile of the shared-keys kernel (``Shared::GMAX`` in lanes.cpp).
+SHARED_GROUP = 4
+
+
+@plan_cache(64)
+def shared_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> SharedPlan | None:
+    """Tiles of up to 4 x VL queries that share their keys, for patterns whose every axis is
+    a partition (windows, dilated / shifted windows, stripes' short axes) or whole (axial,
+    stripes' long axis): the queries of one window have exactly its keys. None for other
+    rules, more than ``MAX_SLOTS`` keys per query or a plan over ``MAX_PLAN_ENTRIES``."""
+    if not all(isinstance(r, PartitionRule | AllRule) for r in rules):
+        return None
+    keys = [_axis_keys(r, n) for r, n in zip(rules, shape, strict=True)]
+    counts = [k.shape[1] for k in keys]
+    slots = math.prod(counts)
+    tokens = _query_tiles(rules, shape, SHARED_GROUP * vl)
+    if slots > MAX_SLOTS or len(tokens) * slots > MAX_PLAN_ENTRIES:
+        return None
+    first = np.stack(np.unravel_index(tokens[:, 0], shape), -1)  # lane 0 is always a query
+    key = np.zeros((len(tokens), slots), np.int64)
+    valid = np.ones((len(tokens), slots), bool)
+    for a, n in enumerate(shape):
+        ka = keys[a][first[:, a]]
+        view = [1] * len(shape)
+        view[a] = counts[a]
+        ka = np.broadcast_to(ka.reshape(len(tokens), *view), (len(tokens), *counts))
+        ka = ka.reshape(len(tokens), slots)
+        valid &= ka >= 0
+        key = key * n + np.maximum(ka, 0)
+    key = np.where(valid, key, -1)
+    order = np.argsort(~valid, axis=1, kind="stable")  # a short window's keys first
+    compact = np.take_along_axis(key, order, 1)
+    number = valid.sum(1)
+    return SharedPlan(
+        tokens=np.ascontiguousarray(tokens, dtype=np.int32),
+        keys=np.ascontiguousarray(compact[:, : max(1, int(number.max()))], dtype=np.int32),
+        counts=number.astype(np.int32),
+    )
+
+
+def shared_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: SharedPlan, scale: float
+) -> torch.Tensor:
+    """Like ``lane_attention`` for a ``SharedPlan`` (windows): keys read in place."""
+    lib = _library().lib
+    assert lib is not None, native_status()
+    batch, heads, n, e = q.shape
+    ev = v.shape[-1]
+    rows = batch * heads
+    q, k, v = (x.reshape(rows, n, x.shape[-1]).contiguous() for x in (q, k, v))
+    out = q.new_empty(batch, heads, n, ev)
+    getattr(lib, f"ndf_shared_{DTYPES[q.dtype]}")(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        out.data_ptr(),
+        rows,
+        n,
+        e,
+        ev,
+        plan.tokens.ctypes.data,
+        plan.keys.ctypes.data,
+        plan.counts.ctypes.data,
+        plan.tiles,
+        plan.slots,
+        scale,
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def lane_attention(
