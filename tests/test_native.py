@@ -185,3 +185,22 @@ def test_without_a_compiler_auto_falls_back(monkeypatch):
     finally:
         monkeypatch.delenv("NDFORMER_NATIVE")
         native._library.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "pattern", [Window(8, shift=3), Neighborhood(7), Neighborhood(5, dilation=2), Stripe(0, 4)]
+)
+def test_native_paths_stay_linear_in_tokens(pattern):
+    from test_no_quadratic import LargestTensor
+
+    grid = Grid((48, 48))  # N = 2304, N^2 = 5.3M
+    n = grid.num_tokens
+    q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
+    with torch.inference_mode(), LargestTensor() as probe:
+        attend(q, k, v, pattern, grid, backend="native")
+    assert probe.largest < n * n / 4
+    rules, vl = tuple(pattern.axis_rules(grid)), native.native_lanes(torch.float32)
+    plan = native.shared_plan(rules, grid.shape, vl) or native.lane_plan(rules, grid.shape, vl)
+    sizes = [x.size for x in vars(plan).values() if isinstance(x, np.ndarray)]
+    slots = pattern.key_counts(grid).max().item()
+    assert max(sizes) <= 2 * n * slots < n * n / 4

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -29,3 +31,9 @@ def plan_cache(maxsize: int) -> Callable[[F], F]:
         return cached  # type: ignore[return-value]
 
     return decorate
+
+
+def cache_root() -> Path:
+    """Where ndformer keeps files it builds (tasks, compiled kernels): ``$NDFORMER_CACHE``
+    or ``~/.cache/ndformer``."""
+    return Path(os.environ.get("NDFORMER_CACHE") or Path.home() / ".cache" / "ndformer")

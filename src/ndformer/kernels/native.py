@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._cache import plan_cache
+from .._cache import cache_root, plan_cache
 from ..patterns.axis import AllRule, AxisRule, NeighborhoodRule, PartitionRule, relation
 
 SOURCE = Path(__file__).with_name("lanes.cpp")
@@ -57,11 +57,6 @@ MAX_PLAN_ENTRIES = 1 << 24
 #: ``auto`` leaves a pattern to the tiled path when more than this fraction of its lane
 #: plan's key slots need per-lane gathers (irregular key sets).
 MAX_GATHERED = 0.25
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NDFORMER_CACHE") or Path.home() / ".cache" / "ndformer"
-    return Path(root) / "kernels"
 
 
 def _cpu_signature() -> str:
@@ -100,7 +95,7 @@ def _library() -> _Library:
         key = hashlib.sha256(
             "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_signature()]).encode()
         ).hexdigest()[:16]
-        target = _cache_dir() / f"lanes-{key}.so"
+        target = cache_root() / "kernels" / f"lanes-{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)

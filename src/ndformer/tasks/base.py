@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._cache import cache_root
 from .._io import atomic_write
 
 KINDS = ("classification", "segmentation")
@@ -110,9 +110,9 @@ def split_indices(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.
 
 
 def cache_dir() -> Path:
-    """Where generated tasks are cached: ``$NDFORMER_CACHE`` or ``~/.cache/ndformer``."""
-    root = os.environ.get("NDFORMER_CACHE") or Path.home() / ".cache" / "ndformer"
-    return Path(root) / "tasks"
+    """Where generated tasks are cached: ``$NDFORMER_CACHE/tasks`` (default
+    ``~/.cache/ndformer/tasks``)."""
+    return cache_root() / "tasks"
 
 
 def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
