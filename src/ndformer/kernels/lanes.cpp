@@ -92,7 +92,9 @@ struct Kernel {
 
     // The key vectors of a PERM / GATHER slot for row `row` (already offset to start).
     static inline vec mixed(const T* row, ivec idx, int kind) {
+#if !defined(__clang__)  // clang has no variable two-source shuffle builtin: load per lane
         if (kind == PERM) return __builtin_shuffle(load(row), load(row + VL), idx);
+#endif
         vec x;
         for (int l = 0; l < VL; l++) x[l] = row[idx[l]];
         return x;
