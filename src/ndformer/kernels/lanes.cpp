@@ -333,6 +333,26 @@ struct Shared {
         T scale;
     };
 
+    // out[i * G + g] = sum over steps t of a(t, g) * b(t, i), for i < RB: one register
+    // block of G lane registers x RB broadcast scalars. The scores (t: channel, i: key)
+    // and the value sum (t: key, i: value channel) are both this.
+    template <int G, int RB, typename A, typename B>
+    static inline void block(vec* out, int64_t steps, A a, B b) {
+        vec acc[G][RB];
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < RB; i++) acc[g][i] = K::splat(0);
+        for (int64_t t = 0; t < steps; t++) {
+            vec bv[RB];
+            for (int i = 0; i < RB; i++) bv[i] = K::splat(b(t, i));
+            for (int g = 0; g < G; g++) {
+                vec av = a(t, g);
+                for (int i = 0; i < RB; i++) acc[g][i] += av * bv[i];
+            }
+        }
+        for (int i = 0; i < RB; i++)
+            for (int g = 0; g < G; g++) out[i * G + g] = acc[g][i];
+    }
+
     template <int G>
     static void tile(const Args& a, int64_t job, vec* qt, vec* s, vec* o) {
         int64_t r = job / a.tiles, t = job % a.tiles;
@@ -351,31 +371,16 @@ struct Shared {
             }
         }
         // scores s[j * G + g] = q_g . k_j
+        auto query = [qt](int64_t d, int g) { return qt[d * G + g]; };
         int64_t j = 0;
         for (; j + R <= count; j += R) {
-            vec acc[G][R];
             const T* kj[R];
             for (int i = 0; i < R; i++) kj[i] = kr + (int64_t)key[j + i] * e;
-            for (int g = 0; g < G; g++)
-                for (int i = 0; i < R; i++) acc[g][i] = K::splat(0);
-            for (int64_t d = 0; d < e; d++) {
-                vec kv[R];
-                for (int i = 0; i < R; i++) kv[i] = K::splat(kj[i][d]);
-                for (int g = 0; g < G; g++) {
-                    vec qv = qt[d * G + g];
-                    for (int i = 0; i < R; i++) acc[g][i] += qv * kv[i];
-                }
-            }
-            for (int i = 0; i < R; i++)
-                for (int g = 0; g < G; g++) s[(j + i) * G + g] = acc[g][i];
+            block<G, R>(s + j * G, e, query, [&kj](int64_t d, int i) { return kj[i][d]; });
         }
         for (; j < count; j++) {
-            vec acc[G];
             const T* kj = kr + (int64_t)key[j] * e;
-            for (int g = 0; g < G; g++) acc[g] = K::splat(0);
-            for (int64_t d = 0; d < e; d++)
-                for (int g = 0; g < G; g++) acc[g] += qt[d * G + g] * K::splat(kj[d]);
-            for (int g = 0; g < G; g++) s[j * G + g] = acc[g];
+            block<G, 1>(s + j * G, e, query, [kj](int64_t d, int) { return kj[d]; });
         }
         vec sum[G];
         for (int g = 0; g < G; g++) {
@@ -389,31 +394,17 @@ struct Shared {
             }
         }
         // o[c * G + g] = sum_j p_gj v_j[c]
+        auto prob = [s](int64_t i, int g) { return s[i * G + g]; };
         int64_t c0 = 0;
         for (; c0 + R <= ev; c0 += R) {
-            vec acc[G][R];
-            for (int g = 0; g < G; g++)
-                for (int i = 0; i < R; i++) acc[g][i] = K::splat(0);
-            for (int64_t i = 0; i < count; i++) {
-                const T* vj = vr + (int64_t)key[i] * ev + c0;
-                vec vv[R];
-                for (int c = 0; c < R; c++) vv[c] = K::splat(vj[c]);
-                for (int g = 0; g < G; g++) {
-                    vec p = s[i * G + g];
-                    for (int c = 0; c < R; c++) acc[g][c] += p * vv[c];
-                }
-            }
-            for (int c = 0; c < R; c++)
-                for (int g = 0; g < G; g++) o[(c0 + c) * G + g] = acc[g][c];
+            const T* vc = vr + c0;
+            block<G, R>(o + c0 * G, count, prob,
+                        [vc, key, ev](int64_t i, int c) { return vc[(int64_t)key[i] * ev + c]; });
         }
         for (; c0 < ev; c0++) {
-            vec acc[G];
-            for (int g = 0; g < G; g++) acc[g] = K::splat(0);
-            for (int64_t i = 0; i < count; i++) {
-                vec vv = K::splat(vr[(int64_t)key[i] * ev + c0]);
-                for (int g = 0; g < G; g++) acc[g] += s[i * G + g] * vv;
-            }
-            for (int g = 0; g < G; g++) o[c0 * G + g] = acc[g];
+            const T* vc = vr + c0;
+            block<G, 1>(o + c0 * G, count, prob,
+                        [vc, key, ev](int64_t i, int) { return vc[(int64_t)key[i] * ev]; });
         }
         T* outr = a.out + r * a.n * ev;
         for (int g = 0; g < G; g++) {
