@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ndformer import Grid, Points, attend
-from ndformer.kernels import native
+from ndformer.kernels import lane_plans, native
 from ndformer.patterns import Causal, HeadSplit, Neighborhood, Separable, Stripe, Window
 from strategies import any_pattern, shapes
 
@@ -76,7 +76,7 @@ def test_native_matches_dense_masked_sdpa(data):
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_every_slot_kind_matches_dense(monkeypatch, pattern, shape, kinds, dtype):
-    monkeypatch.setattr(native, "PLAN_CHUNK", 512)  # plans built in several chunks
+    monkeypatch.setattr(lane_plans, "PLAN_CHUNK", 512)  # plans built in several chunks
     native.lane_plan.cache_clear()
     grid = Grid(shape)
     plan = native.lane_plan(tuple(pattern.axis_rules(grid)), shape, native.native_lanes(dtype))

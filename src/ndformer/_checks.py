@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 IntOrTuple = int | tuple[int, ...]
 
 
@@ -54,3 +56,8 @@ def check_axis(name: str, axis: int, ndim: int) -> int:
             f"{name}={axis} is outside a layout with {ndim} axes (valid: 0..{ndim - 1})"
         )
     return axis % ndim
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Will autograd want gradients through an op on these tensors?"""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_per_axis, per_axis
+from ._checks import check_per_axis, needs_grad, per_axis
 from .kernels import (
     block_sparse_attention,
     block_sparse_plan,
@@ -59,10 +59,6 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
         )
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _native(q, k, v, pattern: Pattern, layout, scale: float) -> torch.Tensor:
     """backend='native': the native kernels, or a clear error saying why they cannot run."""
     if isinstance(layout, Points) or not isinstance(pattern, Separable):
@@ -70,7 +66,7 @@ def _native(q, k, v, pattern: Pattern, layout, scale: float) -> torch.Tensor:
             f"backend='native' runs separable patterns (windows, neighborhoods, stripes,"
             f" axial) on grids; got {pattern!r} on {layout!r}; use 'auto'"
         )
-    reason = native_usable(q, _needs_grad(q, k, v))
+    reason = native_usable(q, needs_grad(q, k, v))
     if reason is not None:
         raise ValueError(f"backend='native' cannot run here: {reason}; use 'auto'")
     out = native_attention(q, k, v, pattern.axis_rules(layout), layout.shape, scale, force=True)
@@ -183,7 +179,7 @@ def attend(
         if backend == "auto" and all(isinstance(r, AllRule) for r in rules):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if all(r.local for r in rules):
-            if backend == "auto" and native_usable(q, _needs_grad(q, k, v)) is None:
+            if backend == "auto" and native_usable(q, needs_grad(q, k, v)) is None:
                 out = native_attention(q, k, v, rules, layout.shape, scale)
                 if out is not None:
                     return out

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .._cache import plan_cache
+from .._checks import needs_grad
 from ..layout import Grid
 from ..patterns import HeadSplit, Pattern, Separable
 from ..patterns.axis import relation
@@ -156,11 +157,7 @@ def flex_attention(
     FlexAttention (compiled once per shape by ``torch.compile``; block masks cached)."""
     if not flex_available():
         raise ValueError(f"backend='flex' needs FlexAttention (torch {torch.__version__} has none)")
-    if (
-        q.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and any(x.requires_grad for x in (q, k, v))
-    ):
+    if q.device.type == "cpu" and needs_grad(q, k, v):
         raise ValueError(
             "backend='flex' runs inference only on CPU (FlexAttention has no CPU backward);"
             " use backend='auto' to train, or call under torch.no_grad()"

@@ -115,8 +115,7 @@ struct Kernel {
                 ptr[i] = kt + base[i];
             } else {
                 ptr[i] = kt + start[base[i]];
-                const int32_t* off = offsets + (int64_t)base[i] * VL;
-                for (int l = 0; l < VL; l++) idx[i][l] = off[l] < 0 ? 0 : off[l];
+                idx[i] = lane_index(offsets + (int64_t)base[i] * VL);
             }
         }
         for (int64_t d = 0; d < e; d++) {
@@ -159,6 +158,48 @@ struct Kernel {
         return 1;
     }
 
+    // The lanes' query rows as registers: out[d * stride] = scale * x[tok[l], d] in lane l
+    // (0 for padding lanes, tok < 0); x is [n, e] row-major.
+    static inline void gather(const T* x, int64_t e, const int32_t* tok, T scale, vec* out,
+                              int64_t stride) {
+        for (int64_t d = 0; d < e; d++) {
+            vec v = splat(0);
+            for (int l = 0; l < VL; l++) v[l] = tok[l] >= 0 ? x[(int64_t)tok[l] * e + d] : 0;
+            out[d * stride] = v * scale;
+        }
+    }
+
+    // The inverse for the output: x[tok[l], c] = o[c * stride][l] * inv[l] for real lanes.
+    static inline void scatter(T* x, int64_t ev, const int32_t* tok, const vec* o,
+                               int64_t stride, vec inv) {
+        for (int l = 0; l < VL; l++) {
+            if (tok[l] < 0) continue;
+            T* dst = x + (int64_t)tok[l] * ev;
+            for (int64_t c = 0; c < ev; c++) dst[c] = o[c * stride][l] * inv[l];
+        }
+    }
+
+    // s[i * stride] <- exp(s[i * stride] - max) for i < count, per lane; returns the sums
+    // (the normalisation is left to the output). Lanes with no key at all (padding) stay 0.
+    static inline vec softmax(vec* s, int64_t count, int64_t stride) {
+        vec mx = s[0];
+        for (int64_t i = 1; i < count; i++) mx = s[i * stride] > mx ? s[i * stride] : mx;
+        mx = mx == splat(-INFINITY) ? splat(0) : mx;
+        vec sum = splat(0);
+        for (int64_t i = 0; i < count; i++) {
+            s[i * stride] = vexp(s[i * stride] - mx);
+            sum += s[i * stride];
+        }
+        return sum;
+    }
+
+    // Lane l's index into a PERM / GATHER slot's loaded keys (0 for a masked lane).
+    static inline ivec lane_index(const int32_t* off) {
+        ivec idx;
+        for (int l = 0; l < VL; l++) idx[l] = off[l] < 0 ? 0 : off[l];
+        return idx;
+    }
+
     struct Args;
 
     // acc[d] += sum over slots of p[slot] * (value channel d of the slot's keys), for DB
@@ -189,8 +230,7 @@ struct Kernel {
                 for (; i < j; i++) {
                     const int32_t* off = a.offsets + (int64_t)bs[i] * VL;
                     const T* c = col + a.start[bs[i]];
-                    ivec idx;
-                    for (int l = 0; l < VL; l++) idx[l] = off[l] < 0 ? 0 : off[l];
+                    ivec idx = lane_index(off);
                     for (int d = 0; d < DB; d++) acc[d] += p[i] * mixed(c + d * np, idx, k0);
                 }
             }
@@ -216,11 +256,7 @@ struct Kernel {
         const T* vr = a.vt + r * a.ev * a.np;
         const int32_t* kd = a.kind + t * a.slots;
         const int32_t* bs = a.base + t * a.slots;
-        for (int64_t d = 0; d < a.e; d++) {
-            vec x = splat(0);
-            for (int l = 0; l < VL; l++) x[l] = tok[l] >= 0 ? qr[(int64_t)tok[l] * a.e + d] : 0;
-            qt[d] = x * a.scale;
-        }
+        gather(qr, a.e, tok, a.scale, qt, 1);
         for (int64_t j = 0; j < a.slots;) {
             int k0 = kd[j];
             int64_t run = 1;
@@ -243,14 +279,7 @@ struct Kernel {
                     s[j++] = splat(-INFINITY);
             }
         }
-        vec mx = s[0];
-        for (int64_t i = 1; i < a.slots; i++) mx = s[i] > mx ? s[i] : mx;
-        mx = mx == splat(-INFINITY) ? splat(0) : mx;  // padding lanes: no key at all
-        vec sum = splat(0);
-        for (int64_t i = 0; i < a.slots; i++) {
-            s[i] = vexp(s[i] - mx);
-            sum += s[i];
-        }
+        vec sum = softmax(s, a.slots, 1);
         constexpr int DB = 8;  // value channels held in registers per pass over the slots
         for (int64_t d0 = 0; d0 < a.ev; d0 += DB) {
             int dn = a.ev - d0 < DB ? (int)(a.ev - d0) : DB;
@@ -264,12 +293,7 @@ struct Kernel {
             for (int d = 0; d < dn; d++) o[d0 + d] = acc[d];
         }
         vec inv = splat(1) / (sum == splat(0) ? splat(1) : sum);
-        T* outr = a.out + r * a.n * a.ev;
-        for (int l = 0; l < VL; l++) {
-            if (tok[l] < 0) continue;
-            T* dst = outr + (int64_t)tok[l] * a.ev;
-            for (int64_t d = 0; d < a.ev; d++) dst[d] = o[d][l] * inv[l];
-        }
+        scatter(a.out + r * a.n * a.ev, a.ev, tok, o, 1, inv);
     }
 
     static void run(const Args& a, int64_t rows, int threads) {
@@ -362,14 +386,7 @@ struct Shared {
         const T* qr = a.q + r * a.n * e;
         const T* kr = a.k + r * a.n * e;
         const T* vr = a.v + r * a.n * ev;
-        for (int g = 0; g < G; g++) {
-            const int32_t* tg = tok + g * VL;
-            for (int64_t d = 0; d < e; d++) {
-                vec x = K::splat(0);
-                for (int l = 0; l < VL; l++) x[l] = tg[l] >= 0 ? qr[(int64_t)tg[l] * e + d] : 0;
-                qt[d * G + g] = x * a.scale;
-            }
-        }
+        for (int g = 0; g < G; g++) K::gather(qr, e, tok + g * VL, a.scale, qt + g, G);
         // scores s[j * G + g] = q_g . k_j
         auto query = [qt](int64_t d, int g) { return qt[d * G + g]; };
         int64_t j = 0;
@@ -383,16 +400,7 @@ struct Shared {
             block<G, 1>(s + j * G, e, query, [kj](int64_t d, int) { return kj[d]; });
         }
         vec sum[G];
-        for (int g = 0; g < G; g++) {
-            vec mx = s[g];
-            for (int64_t i = 1; i < count; i++) mx = s[i * G + g] > mx ? s[i * G + g] : mx;
-            sum[g] = K::splat(0);
-            for (int64_t i = 0; i < count; i++) {
-                vec p = K::vexp(s[i * G + g] - mx);
-                s[i * G + g] = p;
-                sum[g] += p;
-            }
-        }
+        for (int g = 0; g < G; g++) sum[g] = K::softmax(s + g, count, G);
         // o[c * G + g] = sum_j p_gj v_j[c]
         auto prob = [s](int64_t i, int g) { return s[i * G + g]; };
         int64_t c0 = 0;
@@ -406,16 +414,8 @@ struct Shared {
             block<G, 1>(o + c0 * G, count, prob,
                         [vc, key, ev](int64_t i, int) { return vc[(int64_t)key[i] * ev]; });
         }
-        T* outr = a.out + r * a.n * ev;
-        for (int g = 0; g < G; g++) {
-            vec inv = K::splat(1) / sum[g];
-            const int32_t* tg = tok + g * VL;
-            for (int l = 0; l < VL; l++) {
-                if (tg[l] < 0) continue;
-                T* dst = outr + (int64_t)tg[l] * ev;
-                for (int64_t c = 0; c < ev; c++) dst[c] = o[c * G + g][l] * inv[l];
-            }
-        }
+        for (int g = 0; g < G; g++)
+            K::scatter(a.out + r * a.n * ev, ev, tok + g * VL, o + g, G, K::splat(1) / sum[g]);
     }
 
     static void run(const Args& a, int64_t rows, int threads) {
