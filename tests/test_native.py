@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ndformer import Grid, Points, attend
 from ndformer.kernels import lane_plans, native
 from ndformer.patterns import Causal, HeadSplit, Neighborhood, Separable, Stripe, Window
-from strategies import any_pattern, shapes
+from strategies import any_pattern, neighborhoods, shapes
 
 if native._compiler() is None:  # pragma: no cover - every CI machine has g++
     pytest.skip("no C++ compiler: the native kernel cannot be built", allow_module_level=True)
@@ -204,3 +204,60 @@ def test_native_paths_stay_linear_in_tokens(pattern):
     sizes = [x.size for x in vars(plan).values() if isinstance(x, np.ndarray)]
     slots = pattern.key_counts(grid).max().item()
     assert max(sizes) <= 2 * n * slots < n * n / 4
+
+
+@st.composite
+def stackable_shapes(draw, vl):
+    """Grids whose last axis holds whole VL-lane tiles (the stacked kernel's tiles)."""
+    ndim = draw(st.integers(1, 4))
+    lead = [draw(st.integers(1, side)) for side in (9, 5, 3)[: ndim - 1]]
+    return (*lead, draw(st.integers(vl, 3 * vl + 3)))
+
+
+def stacked_tiles(plan, stack) -> list[int]:
+    """The lane plan's tiles that the stacked plan's groups hold (by first token)."""
+    first = {int(t): i for i, t in enumerate(plan.tokens[:, 0])}
+    return [first[int(t)] for t in stack.tok0.ravel() if t >= 0]
+
+
+@given(data=st.data())
+def test_stacked_neighborhoods_match_dense(data):
+    dtype = data.draw(st.sampled_from([torch.float64, torch.float32]), label="dtype")
+    vl = native.native_lanes(dtype)
+    shape = data.draw(stackable_shapes(vl), label="shape")
+    _, pattern = data.draw(neighborhoods(shape), label="pattern")
+    rows = data.draw(st.sampled_from([(1, 1), (1, 3), (2, 2)]), label="batch, heads")
+    # channels: whole VL x VL register transposes and 8 / 4 / 1-channel value blocks
+    e, ev = data.draw(st.sampled_from([(vl, 13), (2 * vl, vl), (5, 3)]), label="channels")
+    grid = Grid(shape)
+    rules = tuple(pattern.axis_rules(grid))
+    plan, stack = native.lane_plan(rules, shape, vl), native.stack_plan(rules, shape, vl)
+    held = stacked_tiles(plan, stack)
+    assert sorted(held + stack.rest.tolist()) == list(range(plan.tiles))  # each tile once
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99), label="seed"))
+    q, k = (torch.randn(*rows, grid.num_tokens, e, generator=gen, dtype=dtype) for _ in "qk")
+    v = torch.randn(*rows, grid.num_tokens, ev, generator=gen, dtype=dtype)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.mask(grid, rows[1]))
+    out = native.lane_attention(q, k, v, plan, e**-0.5, stack)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, expected, **tol)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape", "share"),
+    [
+        (Neighborhood(7), (24, 64), 1.0),  # clamped borders are a lane permutation
+        (Neighborhood(3), (6, 5, 32), 1.0),
+        (Neighborhood(5, dilation=(2, 1)), (12, 48), 1.0),
+        (Neighborhood(3, dilation=2), (6, 48), 0.0),  # lanes 2 tokens apart: not stacked
+        (Neighborhood(7), (20, 37), 2 / 3),  # 37 = 2 x 16 + 5: short tiles stay lanes
+    ],
+    ids=repr,
+)
+def test_stacked_plan_takes_the_tiles_it_can(pattern, shape, share):
+    grid = Grid(shape)
+    rules = tuple(pattern.axis_rules(grid))
+    plan, stack = native.lane_plan(rules, shape, 16), native.stack_plan(rules, shape, 16)
+    assert len(stacked_tiles(plan, stack)) / plan.tiles == pytest.approx(share, abs=0.1)
+    # every block reads at most 8 columns for at most 3 tiles, each tile's slots in order
+    assert stack.blocks[:, 2].max(initial=1) <= 3 and stack.blocks[:, 3].max(initial=1) <= 8

@@ -246,10 +246,12 @@ struct Kernel {
         const int64_t* start;
         int64_t tiles, slots;
         T scale;
+        const int32_t* list;  // the tiles to compute
+        int64_t count;
     };
 
     static void tile(const Args& a, int64_t job, vec* qt, vec* s, vec* o) {
-        int64_t r = job / a.tiles, t = job % a.tiles;
+        int64_t r = job / a.count, t = a.list[job % a.count];
         const int32_t* tok = a.tokens + t * VL;
         const T* qr = a.q + r * a.n * a.e;
         const T* kr = a.kt + r * a.e * a.np;
@@ -297,16 +299,52 @@ struct Kernel {
     }
 
     static void run(const Args& a, int64_t rows, int threads) {
-        parallel(rows * a.tiles, threads, [&a](int64_t begin, int64_t end) {
+        parallel(rows * a.count, threads, [&a](int64_t begin, int64_t end) {
             std::vector<vec> qt(a.e), s(a.slots), o(a.ev);
             for (int64_t job = begin; job < end; job++) tile(a, job, qt.data(), s.data(), o.data());
         });
     }
 
-    // out[r, d, t] = x[r, t, d] for x [rows, n, e] and out [rows, e, np], in 16 x 16 blocks.
+    // One stage of the register transpose: swaps the off-diagonal H x H blocks of every
+    // 2H x 2H block of x.
+    template <int H>
+    static inline void transpose_stage(vec* x) {
+#if !defined(__clang__)
+        ivec lo, hi;
+        for (int l = 0; l < VL; l++) {
+            lo[l] = (l & H) ? VL + l - H : l;
+            hi[l] = (l & H) ? VL + l : l + H;
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < VL; i++) {
+            if (i & H) continue;
+            vec a = x[i], b = x[i + H];
+            x[i] = __builtin_shuffle(a, b, lo);
+            x[i + H] = __builtin_shuffle(a, b, hi);
+        }
+#else
+        for (int i = 0; i < VL; i++)
+            for (int l = 0; l < VL; l++)
+                if ((l & H) && !(i & H)) {
+                    T t = x[i][l];
+                    x[i][l] = x[i + H][l - H];
+                    x[i + H][l - H] = t;
+                }
+#endif
+    }
+
+    // Transposes VL x VL values in registers: x[i][l] <-> x[l][i].
+    static inline void transpose_block(vec* x) {
+        if constexpr (VL == 16) transpose_stage<8>(x);
+        transpose_stage<4>(x);
+        transpose_stage<2>(x);
+        transpose_stage<1>(x);
+    }
+
+    // out[r, d, t] = x[r, t, d] for x [rows, n, e] and out [rows, e, np], in VL x VL blocks.
     static void transpose(const T* x, T* out, int64_t rows, int64_t n, int64_t e, int64_t np,
                           int threads) {
-        constexpr int B = 16;
+        constexpr int B = VL;
         int64_t tb = (n + B - 1) / B;
         parallel(rows * tb, threads, [=](int64_t begin, int64_t end) {
             for (int64_t job = begin; job < end; job++) {
@@ -316,6 +354,14 @@ struct Kernel {
                 T* dst = out + r * e * np + t0;
                 for (int64_t d0 = 0; d0 < e; d0 += B) {
                     int64_t dn = e - d0 < B ? e - d0 : B;
+                    if (tn == B && dn == B) {
+                        vec blk[B];
+                        for (int t = 0; t < B; t++) blk[t] = load(src + t * e + d0);
+                        transpose_block(blk);
+                        for (int d = 0; d < B; d++)
+                            *(typename S::uvec*)(dst + (d0 + d) * np) = blk[d];
+                        continue;
+                    }
                     for (int64_t d = 0; d < dn; d++)
                         for (int64_t t = 0; t < tn; t++) dst[(d0 + d) * np + t] = src[t * e + d0 + d];
                 }
@@ -436,6 +482,215 @@ struct Shared {
     }
 };
 
+// Stacked tiles (neighborhoods): up to R = 3 tiles of VL lanes whose queries are VL
+// consecutive tokens and whose every key slot is one vector load, at a column plus a lane
+// index idx[l] shared by the group (the identity inside the grid; a clamp at a border:
+// one register permute). Tiles stacked along a grid axis share most key columns: the plan
+// lists them as blocks (column, first tile t0, tiles nt, columns nj, each tile's slot of the
+// first column), and every key vector a block loads serves its nt tiles from registers.
+template <typename T>
+struct Stack {
+    using K = Kernel<T>;
+    using vec = typename K::vec;
+    using ivec = typename K::ivec;
+    static constexpr int VL = K::VL, R = 3, JMAX = 8, FIELDS = 7;
+
+    struct Args {
+        const T *q, *kt, *vt;  // q [rows, n, e]; kt, vt [rows, e | ev, np], column 0 = token 0
+        T* out;                // [rows, n, ev]
+        int64_t n, np, e, ev;
+        const int32_t *tok0, *sig, *perm, *idx, *first, *blocks;
+        const int64_t* column;
+        int64_t groups, slots;
+        T scale;
+    };
+
+    // A key (or value) vector, loaded once into a register: the empty asm stops the
+    // compiler from folding the load into each tile's FMA (one load per FMA instead of
+    // one per NT FMAs).
+    template <bool P>
+    static inline vec key(const T* p, ivec idx) {
+        if constexpr (!P) {
+            vec x = K::load(p);
+#if defined(__x86_64__)
+            asm("" : "+v"(x));
+#elif defined(__aarch64__)
+            asm("" : "+w"(x));
+#endif
+            return x;
+        } else {
+#if !defined(__clang__)
+            return __builtin_shuffle(K::load(p), idx);
+#else
+            vec x;
+            for (int l = 0; l < VL; l++) x[l] = p[idx[l]];
+            return x;
+#endif
+        }
+    }
+
+    // s[t][slot[t] + j] = q_t . key(column + j) for t < NT, j < J.
+    template <int NT, int J, bool P>
+    static void scores(const vec* q, int64_t e, const T* col, int64_t np, ivec idx, vec* s,
+                       int64_t slots, const int32_t* slot) {
+        vec acc[NT][J];
+        for (int t = 0; t < NT; t++)
+            for (int j = 0; j < J; j++) acc[t][j] = K::splat(0);
+        for (int64_t d = 0; d < e; d++) {
+            vec qd[NT];
+            for (int t = 0; t < NT; t++) qd[t] = q[t * e + d];
+            const T* row = col + d * np;
+            for (int j = 0; j < J; j++) {
+                vec k = key<P>(row + j, idx);
+                for (int t = 0; t < NT; t++) acc[t][j] += qd[t] * k;
+            }
+        }
+        for (int t = 0; t < NT; t++)
+            for (int j = 0; j < J; j++) s[t * slots + slot[t] + j] = acc[t][j];
+    }
+
+    template <int NT, bool P>
+    static void scores_nt(int nj, const vec* q, int64_t e, const T* col, int64_t np, ivec idx,
+                          vec* s, int64_t slots, const int32_t* slot) {
+        switch (nj) {
+            case 1: return scores<NT, 1, P>(q, e, col, np, idx, s, slots, slot);
+            case 2: return scores<NT, 2, P>(q, e, col, np, idx, s, slots, slot);
+            case 3: return scores<NT, 3, P>(q, e, col, np, idx, s, slots, slot);
+            case 4: return scores<NT, 4, P>(q, e, col, np, idx, s, slots, slot);
+            case 5: return scores<NT, 5, P>(q, e, col, np, idx, s, slots, slot);
+            case 6: return scores<NT, 6, P>(q, e, col, np, idx, s, slots, slot);
+            case 7: return scores<NT, 7, P>(q, e, col, np, idx, s, slots, slot);
+            default: return scores<NT, 8, P>(q, e, col, np, idx, s, slots, slot);
+        }
+    }
+
+    // acc[T0 + t][c] += sum_j p[T0 + t][slot[t] + j] * value_c(column + j), t < NT, c < CB.
+    template <int T0, int NT, int CB, bool P>
+    static inline __attribute__((always_inline)) void weigh(vec (&acc)[R][CB], int nj,
+                                                            const vec* s, int64_t slots,
+                                                            const int32_t* slot, const T* col,
+                                                            int64_t np, ivec idx) {
+        for (int j = 0; j < nj; j++) {
+            vec p[NT];
+            for (int t = 0; t < NT; t++) p[t] = s[(T0 + t) * slots + slot[t] + j];
+            for (int c = 0; c < CB; c++) {
+                vec v = key<P>(col + c * np + j, idx);
+                for (int t = 0; t < NT; t++) acc[T0 + t][c] += p[t] * v;
+            }
+        }
+    }
+
+    // o[t * ev + c] = sum over the blocks of weigh, for the CB value channels at vr (V^T
+    // rows); the group's R x CB sums stay in registers across its blocks.
+    template <int CB, bool P>
+    static void weigh_blocks(const Args& a, const int32_t* b, const int32_t* end, int64_t col0,
+                             const vec* s, const T* vr, ivec idx, vec* o) {
+        vec acc[R][CB];
+        for (int t = 0; t < R; t++)
+            for (int c = 0; c < CB; c++) acc[t][c] = K::splat(0);
+        const int64_t slots = a.slots, np = a.np;
+        for (; b < end; b += FIELDS) {
+            const T* col = vr + col0 + b[0];
+            switch (b[1] * 4 + b[2]) {  // first tile, tiles
+                case 1: weigh<0, 1, CB, P>(acc, b[3], s, slots, b + 4, col, np, idx); break;
+                case 2: weigh<0, 2, CB, P>(acc, b[3], s, slots, b + 4, col, np, idx); break;
+                case 3: weigh<0, 3, CB, P>(acc, b[3], s, slots, b + 4, col, np, idx); break;
+                case 5: weigh<1, 1, CB, P>(acc, b[3], s, slots, b + 4, col, np, idx); break;
+                case 6: weigh<1, 2, CB, P>(acc, b[3], s, slots, b + 4, col, np, idx); break;
+                default: weigh<2, 1, CB, P>(acc, b[3], s, slots, b + 4, col, np, idx);
+            }
+        }
+        for (int t = 0; t < R; t++)
+            for (int c = 0; c < CB; c++) o[t * a.ev + c] = acc[t][c];
+    }
+
+    template <bool P>
+    static void group(const Args& a, int64_t job, vec* q, vec* s, vec* o) {
+        const int64_t r = job / a.groups, g = job % a.groups, e = a.e, ev = a.ev, np = a.np;
+        const int32_t* tok0 = a.tok0 + g * R;
+        const T* qr = a.q + r * a.n * e;
+        const T* kr = a.kt + r * e * np;
+        const T* vr = a.vt + r * ev * np;
+        int nt = 0;
+        while (nt < R && tok0[nt] >= 0) nt++;
+        if (g + 1 < a.groups)  // the next group's queries (rows apart: no hardware prefetch)
+            for (int t = 0; t < R; t++) {
+                int64_t next = a.tok0[(g + 1) * R + t];
+                if (next < 0) break;
+                const char* p = (const char*)(qr + next * e);
+                for (int64_t i = 0; i < (int64_t)(VL * e * sizeof(T)); i += 64) __builtin_prefetch(p + i);
+            }
+        for (int t = 0; t < nt; t++) rows_to_lanes(qr + (int64_t)tok0[t] * e, e, a.scale, q + t * e);
+        ivec idx{};
+        if constexpr (P)
+            for (int l = 0; l < VL; l++) idx[l] = a.idx[(int64_t)a.perm[g] * VL + l];
+        const int32_t* b0 = a.blocks + (int64_t)a.first[a.sig[g]] * FIELDS;
+        const int32_t* b1 = a.blocks + (int64_t)a.first[a.sig[g] + 1] * FIELDS;
+        const int64_t col0 = a.column[g];
+        for (const int32_t* b = b0; b < b1; b += FIELDS) {
+            const T* col = kr + col0 + b[0];
+            const vec* qp = q + b[1] * e;
+            vec* sp = s + b[1] * a.slots;
+            switch (b[2]) {
+                case 1: scores_nt<1, P>(b[3], qp, e, col, np, idx, sp, a.slots, b + 4); break;
+                case 2: scores_nt<2, P>(b[3], qp, e, col, np, idx, sp, a.slots, b + 4); break;
+                default: scores_nt<3, P>(b[3], qp, e, col, np, idx, sp, a.slots, b + 4);
+            }
+        }
+        vec sum[R];
+        for (int t = 0; t < nt; t++) sum[t] = K::softmax(s + t * a.slots, a.slots, 1);
+        int64_t c0 = 0;
+        for (; c0 + 8 <= ev; c0 += 8) weigh_blocks<8, P>(a, b0, b1, col0, s, vr + c0 * np, idx, o + c0);
+        for (; c0 + 4 <= ev; c0 += 4) weigh_blocks<4, P>(a, b0, b1, col0, s, vr + c0 * np, idx, o + c0);
+        for (; c0 < ev; c0++) weigh_blocks<1, P>(a, b0, b1, col0, s, vr + c0 * np, idx, o + c0);
+        T* outr = a.out + r * a.n * ev;
+        for (int t = 0; t < nt; t++)
+            lanes_to_rows(o + t * ev, ev, K::splat(1) / sum[t], outr + (int64_t)tok0[t] * ev);
+    }
+
+    // out[d][l] = scale * x[l * e + d] for the VL rows of x [VL, e] (VL x VL register
+    // transposes, the last e % VL channels one by one).
+    static inline void rows_to_lanes(const T* x, int64_t e, T scale, vec* out) {
+        int64_t d0 = 0;
+        for (; d0 + VL <= e; d0 += VL) {
+            vec blk[VL];
+            for (int l = 0; l < VL; l++) blk[l] = K::load(x + l * e + d0);
+            K::transpose_block(blk);
+            for (int d = 0; d < VL; d++) out[d0 + d] = blk[d] * scale;
+        }
+        for (; d0 < e; d0++) {
+            vec v;
+            for (int l = 0; l < VL; l++) v[l] = x[l * e + d0];
+            out[d0] = v * scale;
+        }
+    }
+
+    // The inverse for the output: x[l * ev + c] = o[c][l] * inv[l].
+    static inline void lanes_to_rows(const vec* o, int64_t ev, vec inv, T* x) {
+        int64_t c0 = 0;
+        for (; c0 + VL <= ev; c0 += VL) {
+            vec blk[VL];
+            for (int c = 0; c < VL; c++) blk[c] = o[c0 + c];
+            K::transpose_block(blk);
+            for (int l = 0; l < VL; l++) *(typename K::S::uvec*)(x + l * ev + c0) = blk[l] * inv[l];
+        }
+        for (; c0 < ev; c0++)
+            for (int l = 0; l < VL; l++) x[l * ev + c0] = o[c0][l] * inv[l];
+    }
+
+    static void run(const Args& a, int64_t rows, int threads) {
+        K::parallel(rows * a.groups, threads, [&a](int64_t begin, int64_t end) {
+            std::vector<vec> q(a.e * R), s(a.slots * R), o(a.ev * R);
+            for (int64_t job = begin; job < end; job++) {
+                if (a.perm[job % a.groups] >= 0)
+                    group<true>(a, job, q.data(), s.data(), o.data());
+                else
+                    group<false>(a, job, q.data(), s.data(), o.data());
+            }
+        });
+    }
+};
+
 template <typename T>
 void shared(const T* q, const T* k, const T* v, T* out, int64_t rows, int64_t n, int64_t e,
             int64_t ev, const int32_t* tokens, const int32_t* keys, const int32_t* counts,
@@ -445,20 +700,55 @@ void shared(const T* q, const T* k, const T* v, T* out, int64_t rows, int64_t n,
     Shared<T>::run(a, rows, threads);
 }
 
+// The lane kernels' driver: K and V of each row (batch x head) are transposed into the
+// caller's scratch (per worker: [e + ev, np], token t in column VL + t), then the stacked
+// tiles and the rest of the plan's tiles run on it. Whole rows go to separate workers when
+// there are at least as many rows as threads (one worker's transposes, which wait on
+// memory, overlap another's arithmetic); the remaining rows split their tiles over all
+// threads.
 template <typename T>
-void lanes(const T* q, const T* kt, const T* vt, T* out, int64_t rows, int64_t n, int64_t np,
-           int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
+void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, int64_t n,
+           int64_t np, int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
            const int32_t* base, const int32_t* offsets, const int64_t* start, int64_t tiles,
-           int64_t slots, double scale, int threads) {
-    typename Kernel<T>::Args a{q, kt, vt, out, n, np, e, ev, tokens, kind,
-                               base, offsets, start, tiles, slots, (T)scale};
-    Kernel<T>::run(a, rows, threads);
+           const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+           const int32_t* perm, const int32_t* idx, const int32_t* first,
+           const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
+           double scale, int threads) {
+    constexpr int VL = Simd<T>::VL;
+    auto row = [=](int64_t r, T* scratch, int inner) {
+        T* kt = scratch + VL;
+        T* vt = kt + e * np;
+        Kernel<T>::transpose(k + r * n * e, kt, 1, n, e, np, inner);
+        Kernel<T>::transpose(v + r * n * ev, vt, 1, n, ev, np, inner);
+        const T* qr = q + r * n * e;
+        T* outr = out + r * n * ev;
+        if (groups > 0) {
+            typename Stack<T>::Args a{qr,  kt,     vt,     outr,   n,      np,     e,
+                                      ev,  tok0,   sig,    perm,   idx,    first,  blocks,
+                                      column, groups, slots, (T)scale};
+            Stack<T>::run(a, 1, inner);
+        }
+        if (count > 0) {
+            typename Kernel<T>::Args a{qr,    kt,    vt,     outr,    n,     np,
+                                       e,     ev,    tokens, kind,    base,  offsets,
+                                       start, tiles, slots,  (T)scale, list, count};
+            Kernel<T>::run(a, 1, inner);
+        }
+    };
+    int64_t whole = threads > 1 ? rows / threads * threads : 0;
+    if (whole > 0)
+        Kernel<T>::parallel(threads, threads, [=](int64_t w0, int64_t w1) {
+            for (int64_t w = w0; w < w1; w++)
+                for (int64_t r = w; r < whole; r += threads) row(r, work + w * (e + ev) * np, 1);
+        });
+    for (int64_t r = whole; r < rows; r++) row(r, work, threads);
 }
 
 }  // namespace
 
-// q [rows, n, e]; kt [rows, e, np], vt [rows, ev, np] (transposed, np >= n + 2 * VL, the
-// padding readable); out [rows, n, ev]; plan arrays as described above.
+// q, k [rows, n, e], v [rows, n, ev], out [rows, n, ev]; work [max(threads, 1), e + ev, np]
+// scratch with np >= n + 3 * VL; the lane plan (tiles `list` [count] of it computed by the
+// lane kernel) and the stacked plan (`groups` may be 0) as described above.
 extern "C" {
 int ndf_lanes_vl_f32() { return Simd<float>::VL; }
 int ndf_lanes_vl_f64() { return Simd<double>::VL; }
@@ -484,20 +774,28 @@ void ndf_shared_f64(const double* q, const double* k, const double* v, double* o
     shared<double>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
                    threads);
 }
-void ndf_lanes_f32(const float* q, const float* kt, const float* vt, float* out, int64_t rows,
-                   int64_t n, int64_t np, int64_t e, int64_t ev, const int32_t* tokens,
-                   const int32_t* kind, const int32_t* base, const int32_t* offsets,
-                   const int64_t* start, int64_t tiles, int64_t slots, double scale,
-                   int threads) {
-    lanes<float>(q, kt, vt, out, rows, n, np, e, ev, tokens, kind, base, offsets, start, tiles,
-                 slots, scale, threads);
-}
-void ndf_lanes_f64(const double* q, const double* kt, const double* vt, double* out,
+void ndf_lanes_f32(const float* q, const float* k, const float* v, float* out, float* work,
                    int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
                    const int32_t* tokens, const int32_t* kind, const int32_t* base,
                    const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   int64_t slots, double scale, int threads) {
-    lanes<double>(q, kt, vt, out, rows, n, np, e, ev, tokens, kind, base, offsets, start,
-                  tiles, slots, scale, threads);
+                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+                   const int32_t* perm, const int32_t* idx, const int32_t* first,
+                   const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
+                   double scale, int threads) {
+    lanes<float>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
+                 tiles, list, count, tok0, sig, perm, idx, first, blocks, column, groups, slots,
+                 scale, threads);
+}
+void ndf_lanes_f64(const double* q, const double* k, const double* v, double* out,
+                   double* work, int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
+                   const int32_t* tokens, const int32_t* kind, const int32_t* base,
+                   const int32_t* offsets, const int64_t* start, int64_t tiles,
+                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+                   const int32_t* perm, const int32_t* idx, const int32_t* first,
+                   const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
+                   double scale, int threads) {
+    lanes<double>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
+                  tiles, list, count, tok0, sig, perm, idx, first, blocks, column, groups,
+                  slots, scale, threads);
 }
 }

@@ -50,8 +50,11 @@ from .lane_plans import (
     SKIP,
     LanePlan,
     SharedPlan,
+    StackPlan,
+    empty_stack,
     lane_plan,
     shared_plan,
+    stack_plan,
 )
 
 SOURCE = Path(__file__).with_name("lanes.cpp")
@@ -123,8 +126,10 @@ def _library() -> _Library:
     for suffix in DTYPES.values():
         fn = getattr(lib, f"ndf_lanes_{suffix}")
         fn.restype = None
-        fn.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64]
-        fn.argtypes += [ctypes.c_double, ctypes.c_int]
+        fn.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64]  # tensors and sizes
+        fn.argtypes += [p, p, p, p, p, i64, p, i64]  # lane plan and its tiles to run
+        fn.argtypes += [p, p, p, p, p, p, p, i64]  # stacked plan
+        fn.argtypes += [i64, ctypes.c_double, ctypes.c_int]
         fn = getattr(lib, f"ndf_shared_{suffix}")
         fn.restype = None
         fn.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, i64, i64, ctypes.c_double]
@@ -186,7 +191,7 @@ def native_attention(
         return None
     neighborhood = any(isinstance(r, NeighborhoodRule) for r in rules)
     if force or (neighborhood and plan.gathered <= MAX_GATHERED):
-        return lane_attention(q, k, v, plan, scale)
+        return lane_attention(q, k, v, plan, scale, stack_plan(rules, shape, vl))
     return None
 
 
@@ -222,42 +227,42 @@ def shared_attention(
 
 
 def lane_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: LanePlan, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: LanePlan,
+    scale: float,
+    stack: StackPlan | None = None,
 ) -> torch.Tensor:
     """q, k [B, heads, N, E], v [B, heads, N, Ev] (CPU, float32/float64, no autograd)
-    -> [B, heads, N, Ev], the plan's pattern's attention."""
+    -> [B, heads, N, Ev], the plan's pattern's attention; the tiles of ``stack`` (the
+    same plan regrouped) through the stacked kernel, the rest through the lane kernel."""
     lib = _library().lib
     assert lib is not None, native_status()
     batch, heads, n, e = q.shape
     ev = v.shape[-1]
-    rows, vl = batch * heads, plan.lanes
-    padded = n + 2 * vl  # the kernel may read 2 * VL tokens past a row's last key
-    suffix, threads = DTYPES[q.dtype], torch.get_num_threads()
-    kt, vt = _workspace(q.dtype, (rows, e, padded), (rows, ev, padded))
-    for x, xt in ((k, kt), (v, vt)):
-        x = x.reshape(rows, n, x.shape[-1]).contiguous()
-        getattr(lib, f"ndf_transpose_{suffix}")(
-            x.data_ptr(), xt.data_ptr(), rows, n, x.shape[-1], padded, threads
-        )
-    q = q.reshape(rows, n, e).contiguous()
+    rows, vl, threads = batch * heads, plan.lanes, torch.get_num_threads()
+    padded = n + 3 * vl  # transposed rows: vl columns of margin before, 2 * vl after
+    (work,) = _workspace(q.dtype, (max(threads, 1), e + ev, padded))
+    q, k, v = (x.reshape(rows, n, x.shape[-1]).contiguous() for x in (q, k, v))
     out = q.new_empty(batch, heads, n, ev)
-    fn = getattr(lib, f"ndf_lanes_{suffix}")
-    fn(
-        q.data_ptr(),
-        kt.data_ptr(),
-        vt.data_ptr(),
-        out.data_ptr(),
+    stack = stack if stack is not None else empty_stack(plan.tiles, vl)
+    rest = stack.rest
+    getattr(lib, f"ndf_lanes_{DTYPES[q.dtype]}")(
+        *(x.data_ptr() for x in (q, k, v, out, work)),
         rows,
         n,
         padded,
         e,
         ev,
-        plan.tokens.ctypes.data,
-        plan.kind.ctypes.data,
-        plan.base.ctypes.data,
-        plan.offsets.ctypes.data,
-        plan.start.ctypes.data,
+        *(x.ctypes.data for x in (plan.tokens, plan.kind, plan.base, plan.offsets, plan.start)),
         plan.tiles,
+        rest.ctypes.data,
+        len(rest),
+        *(x.ctypes.data for x in (stack.tok0, stack.sig, stack.perm, stack.idx, stack.first)),
+        stack.blocks.ctypes.data,
+        stack.column.ctypes.data,
+        stack.groups,
         plan.slots,
         scale,
         threads,
@@ -287,6 +292,7 @@ __all__ = [
     "SKIP",
     "LanePlan",
     "SharedPlan",
+    "StackPlan",
     "lane_attention",
     "lane_plan",
     "native_attention",
@@ -295,4 +301,5 @@ __all__ = [
     "native_usable",
     "shared_attention",
     "shared_plan",
+    "stack_plan",
 ]
