@@ -1,4 +1,4 @@
-"""The native lane kernel (kernels/lanes.cpp) equals dense masked SDPA, and auto uses it
+"""The native lane kernel (kernels/cpp/) equals dense masked SDPA, and auto uses it
 only where it applies (CPU inference, float32/float64, local separable patterns)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Plans of the native kernels: which keys each tile of queries reads (see lanes.cpp).
+"""Plans of the native kernels: which keys each tile of queries reads (see cpp/*.h).
 
 Both plans start from the pattern's per-axis rules: every axis gives each coordinate its
 list of key coordinates, a query's keys are those lists crossed (its *slots*), and
@@ -16,7 +16,7 @@ import numpy as np
 from .._cache import plan_cache
 from ..patterns.axis import AllRule, AxisRule, PartitionRule, relation
 
-#: Slot kinds of a lane plan (``enum`` in lanes.cpp).
+#: Slot kinds of a lane plan (``enum`` in cpp/lanes.h).
 SKIP, SHIFT, BCAST, PERM, GATHER = range(5)
 #: Plans with more key slots per query than this are left to the tiled path.
 MAX_SLOTS = 4096
@@ -24,13 +24,13 @@ MAX_SLOTS = 4096
 PLAN_CHUNK = 1 << 22
 #: Largest plan (tiles x slots entries) built; beyond, the tiled path.
 MAX_PLAN_ENTRIES = 1 << 24
-#: Lane registers per tile of the shared-keys kernel (``Shared::GMAX`` in lanes.cpp).
+#: Lane registers per tile of the shared-keys kernel (``Shared::GMAX`` in cpp/shared.h).
 SHARED_GROUP = 4
 
 
 @dataclass(frozen=True)
 class LanePlan:
-    """Where every (query tile, key slot)'s keys lie; see lanes.cpp for the kinds.
+    """Where every (query tile, key slot)'s keys lie; see cpp/lanes.h for the kinds.
 
     tokens [T, VL] int32 (query token per lane, -1 = padding), kind / base [T, S] int32,
     offsets [M, VL] int32 and start [M] int64 for the PERM / GATHER slots (base indexes
@@ -227,7 +227,7 @@ STACK, STACK_FIELDS, STACK_COLUMNS = 3, 7, 8
 
 @dataclass(frozen=True)
 class StackPlan:
-    """The lane plan's tiles regrouped for the stacked kernel (``Stack`` in lanes.cpp).
+    """The lane plan's tiles regrouped for the stacked kernel (``Stack`` in cpp/stack.h).
 
     A tile qualifies when its lanes are VL consecutive tokens and every slot's keys are
     ``column + idx[l]`` for one lane index ``idx`` (the identity inside the grid, a clamp

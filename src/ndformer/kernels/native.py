@@ -1,16 +1,20 @@
-"""Native CPU kernels for local separable patterns (``lanes.cpp``), compiled once per machine.
+"""Native CPU kernels for local separable patterns (``cpp/``), compiled once per machine.
 
-Two kernels, both computing only the pairs the pattern allows:
+Three kernels, all computing only the pairs the pattern allows:
 
-- the *shared-keys* kernel, for patterns whose queries come in groups that share every
-  key (windows — shifted, dilated, non-dividing —, stripes, axial): up to 4 SIMD
-  registers of queries per tile (64 float32 queries) against the group's keys read in
-  place as broadcasts, register-blocked 4 queries-registers x 4 keys (or value
+- the *shared-keys* kernel (``shared.h``), for patterns whose queries come in groups that
+  share every key (windows — shifted, dilated, non-dividing —, stripes, axial): up to 4
+  SIMD registers of queries per tile (64 float32 queries) against the group's keys read
+  in place as broadcasts, register-blocked 4 queries-registers x 4 keys (or value
   channels); no transposes, no masks;
-- the *lane* kernel, for neighborhoods: VL queries (one register: 16 float32 or 8
-  float64) walk their key lists together; a slot's VL keys are VL consecutive tokens (a
-  vector load of K^T), one shared token, or a few tokens apart at borders (a permute).
-  The tiled path computes whole key halos instead (4x the pairs of neighborhood(7)).
+- the *lane* kernel (``lanes.h``), for any separable pattern: VL queries (one register:
+  16 float32 or 8 float64) walk their key lists together; a slot's VL keys are VL
+  consecutive tokens (a vector load of K^T), one shared token, or a few tokens apart at
+  borders (a permute). The tiled path computes whole key halos instead (4x the pairs of
+  neighborhood(7));
+- the *stacked* kernel (``stack.h``), for the lane tiles of neighborhoods whose keys are
+  one vector load each (inside the grid and at clamped borders): up to 3 tiles stacked
+  along the grid share each loaded key vector from registers.
 
 Plans (which keys each tile of queries reads) are built in ``lane_plans.py`` from the
 pattern's per-axis rules and cached per (rules, shape, lanes).
@@ -57,7 +61,8 @@ from .lane_plans import (
     stack_plan,
 )
 
-SOURCE = Path(__file__).with_name("lanes.cpp")
+SOURCES = Path(__file__).with_name("cpp")
+SOURCE = SOURCES / "lanes.cpp"  # includes the headers beside it
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 #: ``auto`` leaves a pattern to the tiled path when more than this fraction of its lane
@@ -87,6 +92,10 @@ class _Library:
     reason: str
 
 
+def _source_texts() -> list[str]:
+    return [p.read_text() for p in sorted(SOURCES.iterdir()) if p.suffix in (".cpp", ".h")]
+
+
 @functools.cache
 def _library() -> _Library:
     if os.environ.get("NDFORMER_NATIVE", "1") == "0":
@@ -99,7 +108,7 @@ def _library() -> _Library:
             [compiler, "--version"], capture_output=True, text=True, timeout=30
         ).stdout
         key = hashlib.sha256(
-            "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_signature()]).encode()
+            "\n".join([*_source_texts(), " ".join(FLAGS), version, _cpu_signature()]).encode()
         ).hexdigest()[:16]
         target = cache_root() / "kernels" / f"lanes-{key}.so"
         if not target.exists():
@@ -242,7 +251,7 @@ def lane_attention(
     batch, heads, n, e = q.shape
     ev = v.shape[-1]
     rows, vl, threads = batch * heads, plan.lanes, torch.get_num_threads()
-    padded = n + 3 * vl  # transposed rows: vl columns of margin before, 2 * vl after
+    padded = n + 2 * vl  # K^T, V^T rows: the kernels read up to 2 * vl columns past n
     (work,) = _workspace(q.dtype, (max(threads, 1), e + ev, padded))
     q, k, v = (x.reshape(rows, n, x.shape[-1]).contiguous() for x in (q, k, v))
     out = q.new_empty(batch, heads, n, ev)

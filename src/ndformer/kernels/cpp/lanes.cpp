@@ -1,0 +1,122 @@
+// ndformer's native CPU kernels for local attention patterns, compiled once per machine by
+// kernels/native.py:
+//   shared.h - windows, stripes, axial attention: the queries of a tile share their keys
+//   lanes.h  - any separable pattern, a tile of VL query lanes at a time (plan-driven)
+//   stack.h  - neighborhoods: tiles stacked along the grid share their key loads
+// This file holds the drivers and the C entry points.
+#include "lanes.h"
+#include "shared.h"
+#include "stack.h"
+
+namespace ndf {
+
+template <typename T>
+void shared(const T* q, const T* k, const T* v, T* out, int64_t rows, int64_t n, int64_t e,
+            int64_t ev, const int32_t* tokens, const int32_t* keys, const int32_t* counts,
+            int64_t tiles, int64_t slots, double scale, int threads) {
+    typename Shared<T>::Args a{q, k, v, out, n, e, ev, tokens, keys, counts, tiles, slots,
+                               (T)scale};
+    Shared<T>::run(a, rows, threads);
+}
+
+// The lane kernels' driver: K and V of each row (batch x head) are transposed into the
+// caller's scratch (per worker: [e + ev, np], np >= n + 2 * VL), then the stacked
+// tiles and the rest of the plan's tiles run on it. Whole rows go to separate workers when
+// there are at least as many rows as threads (one worker's transposes, which wait on
+// memory, overlap another's arithmetic); the remaining rows split their tiles over all
+// threads.
+template <typename T>
+void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, int64_t n,
+           int64_t np, int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
+           const int32_t* base, const int32_t* offsets, const int64_t* start, int64_t tiles,
+           const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+           const int32_t* perm, const int32_t* idx, const int32_t* first,
+           const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
+           double scale, int threads) {
+    auto row = [=](int64_t r, T* scratch, int inner) {
+        T* kt = scratch;
+        T* vt = kt + e * np;
+        Kernel<T>::transpose(k + r * n * e, kt, 1, n, e, np, inner);
+        Kernel<T>::transpose(v + r * n * ev, vt, 1, n, ev, np, inner);
+        const T* qr = q + r * n * e;
+        T* outr = out + r * n * ev;
+        if (groups > 0) {
+            typename Stack<T>::Args a{qr,  kt,     vt,     outr,   n,      np,     e,
+                                      ev,  tok0,   sig,    perm,   idx,    first,  blocks,
+                                      column, groups, slots, (T)scale};
+            Stack<T>::run(a, 1, inner);
+        }
+        if (count > 0) {
+            typename Kernel<T>::Args a{qr,    kt,    vt,     outr,    n,     np,
+                                       e,     ev,    tokens, kind,    base,  offsets,
+                                       start, tiles, slots,  (T)scale, list, count};
+            Kernel<T>::run(a, 1, inner);
+        }
+    };
+    int64_t whole = threads > 1 ? rows / threads * threads : 0;
+    if (whole > 0)
+        Kernel<T>::parallel(threads, threads, [=](int64_t w0, int64_t w1) {
+            for (int64_t w = w0; w < w1; w++)
+                for (int64_t r = w; r < whole; r += threads) row(r, work + w * (e + ev) * np, 1);
+        });
+    for (int64_t r = whole; r < rows; r++) row(r, work, threads);
+}
+
+}  // namespace ndf
+
+using namespace ndf;
+
+// q, k [rows, n, e], v [rows, n, ev], out [rows, n, ev]; work [max(threads, 1), e + ev,
+// np] scratch with np >= n + 2 * VL (the kernels read past a row's last token); the lane
+// plan (the kernel computes its tiles `list` [count]) and the stacked plan (`groups` may be
+// 0) as described in lanes.h and stack.h.
+extern "C" {
+int ndf_lanes_vl_f32() { return Simd<float>::VL; }
+int ndf_lanes_vl_f64() { return Simd<double>::VL; }
+void ndf_transpose_f32(const float* x, float* out, int64_t rows, int64_t n, int64_t e,
+                       int64_t np, int threads) {
+    Kernel<float>::transpose(x, out, rows, n, e, np, threads);
+}
+void ndf_transpose_f64(const double* x, double* out, int64_t rows, int64_t n, int64_t e,
+                       int64_t np, int threads) {
+    Kernel<double>::transpose(x, out, rows, n, e, np, threads);
+}
+void ndf_shared_f32(const float* q, const float* k, const float* v, float* out, int64_t rows,
+                    int64_t n, int64_t e, int64_t ev, const int32_t* tokens,
+                    const int32_t* keys, const int32_t* counts, int64_t tiles, int64_t slots,
+                    double scale, int threads) {
+    shared<float>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
+                  threads);
+}
+void ndf_shared_f64(const double* q, const double* k, const double* v, double* out,
+                    int64_t rows, int64_t n, int64_t e, int64_t ev, const int32_t* tokens,
+                    const int32_t* keys, const int32_t* counts, int64_t tiles, int64_t slots,
+                    double scale, int threads) {
+    shared<double>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
+                   threads);
+}
+void ndf_lanes_f32(const float* q, const float* k, const float* v, float* out, float* work,
+                   int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
+                   const int32_t* tokens, const int32_t* kind, const int32_t* base,
+                   const int32_t* offsets, const int64_t* start, int64_t tiles,
+                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+                   const int32_t* perm, const int32_t* idx, const int32_t* first,
+                   const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
+                   double scale, int threads) {
+    lanes<float>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
+                 tiles, list, count, tok0, sig, perm, idx, first, blocks, column, groups, slots,
+                 scale, threads);
+}
+void ndf_lanes_f64(const double* q, const double* k, const double* v, double* out,
+                   double* work, int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
+                   const int32_t* tokens, const int32_t* kind, const int32_t* base,
+                   const int32_t* offsets, const int64_t* start, int64_t tiles,
+                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+                   const int32_t* perm, const int32_t* idx, const int32_t* first,
+                   const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
+                   double scale, int threads) {
+    lanes<double>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
+                  tiles, list, count, tok0, sig, perm, idx, first, blocks, column, groups,
+                  slots, scale, threads);
+}
+}

@@ -1,0 +1,218 @@
+// SIMD vectors and the helpers every native kernel shares: loads, exp, softmax, register
+// transposes, lanes <-> rows, threads. Written with GCC/Clang vector extensions (no
+// intrinsics): the compiler lowers them to the widest SIMD the machine has.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <thread>
+#include <vector>
+
+namespace ndf {
+
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+    static constexpr int VL = 16;
+    typedef float vec __attribute__((vector_size(64)));
+    typedef float uvec __attribute__((vector_size(64), aligned(4)));
+    typedef int32_t ivec __attribute__((vector_size(64)));
+    static constexpr float lo = -87.0f, magic = 12582912.0f;  // 1.5 * 2^23
+    static constexpr int shift = 23, bias = 127;
+};
+template <>
+struct Simd<double> {
+    static constexpr int VL = 8;
+    typedef double vec __attribute__((vector_size(64)));
+    typedef double uvec __attribute__((vector_size(64), aligned(8)));
+    typedef int64_t ivec __attribute__((vector_size(64)));
+    static constexpr double lo = -708.0, magic = 6755399441055744.0;  // 1.5 * 2^52
+    static constexpr int shift = 52, bias = 1023;
+};
+
+template <typename T>
+struct Ops {
+    using S = Simd<T>;
+    using vec = typename S::vec;
+    using ivec = typename S::ivec;
+    static constexpr int VL = S::VL;
+
+    static inline vec load(const T* p) { return *(const typename S::uvec*)p; }
+    // x - (+0) == x for every x (unlike x + 0 for x = -0), so this folds to a broadcast.
+    static inline vec splat(T x) { return x - vec{}; }
+
+    // exp(x) for x <= 0: 2^n * p(r) with |r| <= ln2/2; Taylor terms to float / double
+    // precision; x below the smallest normal's log gives 0 (and -inf gives 0).
+    static inline vec vexp(vec x) {
+        const T log2e = 1.4426950408889634, ln2_hi = 0.693145751953125,
+                ln2_lo = 1.42860682030941723212e-6;
+        auto dead = x < S::lo;
+        x = dead ? splat(S::lo) : x;
+        vec n = (x * log2e + S::magic) - S::magic;
+        vec r = x - n * ln2_hi - n * ln2_lo;
+        vec p;
+        if constexpr (VL == 8) {
+            p = splat(1.0 / 479001600);
+            const T c[] = {1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880, 1.0 / 40320,
+                           1.0 / 5040,     1.0 / 720,     1.0 / 120,    1.0 / 24,
+                           1.0 / 6,        0.5,           1.0,          1.0};
+            for (T ci : c) p = p * r + ci;
+        } else {
+            p = splat(1.0f / 5040);
+            const T c[] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+            for (T ci : c) p = p * r + ci;
+        }
+        ivec e = (__builtin_convertvector(n, ivec) + S::bias) << S::shift;
+        vec two_n;
+        memcpy(&two_n, &e, sizeof(vec));
+        return dead ? splat(0) : p * two_n;
+    }
+
+    // The lanes' query rows as registers: out[d * stride] = scale * x[tok[l], d] in lane l
+    // (0 for padding lanes, tok < 0); x is [n, e] row-major.
+    static inline void gather(const T* x, int64_t e, const int32_t* tok, T scale, vec* out,
+                              int64_t stride) {
+        for (int64_t d = 0; d < e; d++) {
+            vec v = splat(0);
+            for (int l = 0; l < VL; l++) v[l] = tok[l] >= 0 ? x[(int64_t)tok[l] * e + d] : 0;
+            out[d * stride] = v * scale;
+        }
+    }
+
+    // The inverse for the output: x[tok[l], c] = o[c * stride][l] * inv[l] for real lanes.
+    static inline void scatter(T* x, int64_t ev, const int32_t* tok, const vec* o,
+                               int64_t stride, vec inv) {
+        for (int l = 0; l < VL; l++) {
+            if (tok[l] < 0) continue;
+            T* dst = x + (int64_t)tok[l] * ev;
+            for (int64_t c = 0; c < ev; c++) dst[c] = o[c * stride][l] * inv[l];
+        }
+    }
+
+    // s[i * stride] <- exp(s[i * stride] - max) for i < count, per lane; returns the sums
+    // (the normalisation is left to the output). Lanes with no key at all (padding) stay 0.
+    static inline vec softmax(vec* s, int64_t count, int64_t stride) {
+        vec mx = s[0];
+        for (int64_t i = 1; i < count; i++) mx = s[i * stride] > mx ? s[i * stride] : mx;
+        mx = mx == splat(-INFINITY) ? splat(0) : mx;
+        vec sum = splat(0);
+        for (int64_t i = 0; i < count; i++) {
+            s[i * stride] = vexp(s[i * stride] - mx);
+            sum += s[i * stride];
+        }
+        return sum;
+    }
+
+    // One stage of the register transpose: swaps the off-diagonal H x H blocks of every
+    // 2H x 2H block of x.
+    template <int H>
+    static inline void transpose_stage(vec* x) {
+#if !defined(__clang__)
+        ivec lo, hi;
+        for (int l = 0; l < VL; l++) {
+            lo[l] = (l & H) ? VL + l - H : l;
+            hi[l] = (l & H) ? VL + l : l + H;
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < VL; i++) {
+            if (i & H) continue;
+            vec a = x[i], b = x[i + H];
+            x[i] = __builtin_shuffle(a, b, lo);
+            x[i + H] = __builtin_shuffle(a, b, hi);
+        }
+#else
+        for (int i = 0; i < VL; i++)
+            for (int l = 0; l < VL; l++)
+                if ((l & H) && !(i & H)) {
+                    T t = x[i][l];
+                    x[i][l] = x[i + H][l - H];
+                    x[i + H][l - H] = t;
+                }
+#endif
+    }
+
+    // Transposes VL x VL values in registers: x[i][l] <-> x[l][i].
+    static inline void transpose_block(vec* x) {
+        if constexpr (VL == 16) transpose_stage<8>(x);
+        transpose_stage<4>(x);
+        transpose_stage<2>(x);
+        transpose_stage<1>(x);
+    }
+
+    // out[r, d, t] = x[r, t, d] for x [rows, n, e] and out [rows, e, np], in VL x VL blocks.
+    static void transpose(const T* x, T* out, int64_t rows, int64_t n, int64_t e, int64_t np,
+                          int threads) {
+        constexpr int B = VL;
+        int64_t tb = (n + B - 1) / B;
+        parallel(rows * tb, threads, [=](int64_t begin, int64_t end) {
+            for (int64_t job = begin; job < end; job++) {
+                int64_t r = job / tb, t0 = job % tb * B;
+                int64_t tn = n - t0 < B ? n - t0 : B;
+                const T* src = x + (r * n + t0) * e;
+                T* dst = out + r * e * np + t0;
+                for (int64_t d0 = 0; d0 < e; d0 += B) {
+                    int64_t dn = e - d0 < B ? e - d0 : B;
+                    if (tn == B && dn == B) {
+                        vec blk[B];
+                        for (int t = 0; t < B; t++) blk[t] = load(src + t * e + d0);
+                        transpose_block(blk);
+                        for (int d = 0; d < B; d++)
+                            *(typename S::uvec*)(dst + (d0 + d) * np) = blk[d];
+                        continue;
+                    }
+                    for (int64_t d = 0; d < dn; d++)
+                        for (int64_t t = 0; t < tn; t++)
+                            dst[(d0 + d) * np + t] = src[t * e + d0 + d];
+                }
+            }
+        });
+    }
+
+    template <typename F>
+    static void parallel(int64_t jobs, int threads, F work) {
+        if (threads <= 1 || jobs < 2) {
+            work(0, jobs);
+            return;
+        }
+        if (threads > jobs) threads = (int)jobs;
+        std::vector<std::thread> pool;
+        for (int i = 1; i < threads; i++)
+            pool.emplace_back(work, jobs * i / threads, jobs * (i + 1) / threads);
+        work(0, jobs / threads);
+        for (auto& th : pool) th.join();
+    }
+
+    // out[d][l] = scale * x[l * e + d] for the VL rows of x [VL, e] (VL x VL register
+    // transposes, the last e % VL channels one by one).
+    static inline void rows_to_lanes(const T* x, int64_t e, T scale, vec* out) {
+        int64_t d0 = 0;
+        for (; d0 + VL <= e; d0 += VL) {
+            vec blk[VL];
+            for (int l = 0; l < VL; l++) blk[l] = load(x + l * e + d0);
+            transpose_block(blk);
+            for (int d = 0; d < VL; d++) out[d0 + d] = blk[d] * scale;
+        }
+        for (; d0 < e; d0++) {
+            vec v;
+            for (int l = 0; l < VL; l++) v[l] = x[l * e + d0];
+            out[d0] = v * scale;
+        }
+    }
+
+    // The inverse for the output: x[l * ev + c] = o[c][l] * inv[l].
+    static inline void lanes_to_rows(const vec* o, int64_t ev, vec inv, T* x) {
+        int64_t c0 = 0;
+        for (; c0 + VL <= ev; c0 += VL) {
+            vec blk[VL];
+            for (int c = 0; c < VL; c++) blk[c] = o[c0 + c];
+            transpose_block(blk);
+            for (int l = 0; l < VL; l++) *(typename S::uvec*)(x + l * ev + c0) = blk[l] * inv[l];
+        }
+        for (; c0 < ev; c0++)
+            for (int l = 0; l < VL; l++) x[l * ev + c0] = o[c0][l] * inv[l];
+    }
+};
+
+}  // namespace ndf
