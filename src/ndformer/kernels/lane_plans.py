@@ -21,7 +21,7 @@ SKIP, SHIFT, BCAST, PERM, GATHER = range(5)
 #: Plans with more key slots per query than this are left to the tiled path.
 MAX_SLOTS = 4096
 #: Tiles classified per step while building a plan (bounds its temporary memory).
-PLAN_CHUNK = 1 << 22
+PLAN_CHUNK = 1 << 20
 #: Largest plan (tiles x slots entries) built; beyond, the tiled path.
 MAX_PLAN_ENTRIES = 1 << 24
 #: Lane registers per tile of the shared-keys kernel (``Shared::GMAX`` in cpp/shared.h).
@@ -229,11 +229,12 @@ STACK, STACK_FIELDS, STACK_COLUMNS = 3, 7, 8
 class StackPlan:
     """The lane plan's tiles regrouped for the stacked kernel (``Stack`` in cpp/stack.h).
 
-    A tile qualifies when its lanes are VL consecutive tokens and every slot's keys are
-    ``column + idx[l]`` for one lane index ``idx`` (the identity inside the grid, a clamp
-    at a border). Qualifying tiles with the same ``idx`` and position along the last axis
-    are stacked in groups of up to ``STACK`` along the other axes, where they share most
-    key columns. tok0 [G, STACK] int32 (each tile's first token, -1 = none), sig [G] int32
+    A tile qualifies when its first m lanes are consecutive tokens (the rest padding) and
+    every slot's keys are ``column + idx[l]`` for one lane index ``idx`` (the identity
+    inside the grid, a clamp at a border). Qualifying tiles with the same ``idx``, m and
+    position along the last axis are stacked in groups of up to ``STACK`` along the other
+    axes, where they share most key columns. tok0 [G, STACK] int32 (each tile's first
+    token, -1 = none), lanes [G] int32 (m), sig [G] int32
     (the group's block list), column [G] int64 (added to its blocks' columns), perm [G]
     int32 (row of idx [P, VL], -1 = identity), first [S + 1] int32 (block range of each
     block list) and blocks [NB, 7] int32: column, first tile, tiles, columns (<= 8) and
@@ -242,6 +243,7 @@ class StackPlan:
     """
 
     tok0: np.ndarray
+    lanes: np.ndarray
     sig: np.ndarray
     column: np.ndarray
     perm: np.ndarray
@@ -257,7 +259,7 @@ class StackPlan:
 
 def _tile_keys(plan: LanePlan, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[t, S, VL] key token of every lane and slot of these (SHIFT / PERM only) tiles, and
-    whether any lane of a tile is masked."""
+    [t, S, VL] whether the lane has no key there (PERM offset -1; also padding lanes)."""
     vl = plan.lanes
     kind, base = plan.kind[tiles], plan.base[tiles].astype(np.int64)
     perm = kind == PERM
@@ -265,8 +267,7 @@ def _tile_keys(plan: LanePlan, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarra
     mb = np.where(perm, base, 0)
     off = plan.offsets[mb]
     keys = np.where(perm[..., None], plan.start[mb][..., None] + off, keys)
-    masked = (perm[..., None] & (off < 0)).any((1, 2))
-    return keys, masked
+    return keys, perm[..., None] & (off < 0)
 
 
 def _blocks(rel: np.ndarray) -> list[list[int]]:
@@ -305,6 +306,7 @@ def empty_stack(tiles: int, vl: int) -> StackPlan:
     """A stacked plan with no groups: all ``tiles`` left to the lane kernel."""
     return StackPlan(
         tok0=np.zeros((0, STACK), np.int32),
+        lanes=np.zeros(0, np.int32),
         sig=np.zeros(0, np.int32),
         column=np.zeros(0, np.int64),
         perm=np.zeros(0, np.int32),
@@ -315,28 +317,31 @@ def empty_stack(tiles: int, vl: int) -> StackPlan:
     )
 
 
-def _stackable(plan: LanePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The tiles that qualify for stacking (see StackPlan), their key columns [t, S] and
-    lane indices [t, VL]."""
+def _stackable(plan: LanePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The tiles that qualify for stacking (see StackPlan): their indices, real lanes m,
+    key columns [t, S] and lane indices [t, VL] (lanes >= m: their own index)."""
     vl, lane = plan.lanes, np.arange(plan.lanes)
     tokens = plan.tokens.astype(np.int64)
-    ok = (tokens[:, 0] >= 0) & (tokens == tokens[:, :1] + lane).all(1)
+    m = (tokens >= 0).sum(1)
+    real = lane < m[:, None]
+    ok = (tokens[:, 0] >= 0) & np.where(real, tokens == tokens[:, :1] + lane, tokens < 0).all(1)
     ok &= np.isin(plan.kind, (SHIFT, PERM)).all(1)
     cand = np.nonzero(ok)[0]
-    tiles, cols, idxs = [], [], []
+    out: list[list[np.ndarray]] = [[], [], [], []]
     step = max(1, PLAN_CHUNK // (vl * plan.slots))
     for i in range(0, len(cand), step):
         chunk = cand[i : i + step]
         keys, masked = _tile_keys(plan, chunk)
-        col = keys.min(-1)
-        d = keys - col[..., None]
-        uniform = (d == d[:, :1]).all((1, 2)) & (d.max((1, 2)) < vl) & ~masked
-        tiles.append(chunk[uniform])
-        cols.append(col[uniform])
-        idxs.append(d[uniform, 0])
-    if not tiles:
-        return np.zeros(0, np.int64), np.zeros((0, plan.slots), np.int64), np.zeros((0, vl))
-    return np.concatenate(tiles), np.concatenate(cols), np.concatenate(idxs)
+        r = real[chunk][:, None, :]
+        col = np.where(r, keys, np.iinfo(np.int64).max).min(-1)
+        d = np.where(r, keys - col[..., None], lane)
+        uniform = (d == d[:, :1]).all((1, 2)) & (d.max((1, 2)) < vl) & ~(masked & r).any((1, 2))
+        for acc, x in zip(out, (chunk, m[chunk], col, d[:, 0]), strict=True):
+            acc.append(x[uniform])
+    if not out[0]:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, plan.slots)), lane[:0]
+    tiles, lanes, col, idx = (np.concatenate(x) for x in out)
+    return tiles, lanes, col, idx
 
 
 @plan_cache(64)
@@ -345,7 +350,7 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
     plan = lane_plan(rules, shape, vl)
     if plan is None:
         return None
-    tiles, col, idx = _stackable(plan)
+    tiles, lanes, col, idx = _stackable(plan)
     if not len(tiles):
         return empty_stack(plan.tiles, vl)
     lane = np.arange(vl)
@@ -358,9 +363,9 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
     # stack tiles with the same lane index and position along the last axis, in token order
     tok0 = plan.tokens[tiles, 0].astype(np.int64)
     x = tok0 % shape[-1]
-    order = np.lexsort((tok0, x, perm))
-    col, perm, tok0, x = col[order], perm[order], tok0[order], x[order]
-    new_run = np.r_[True, (perm[1:] != perm[:-1]) | (x[1:] != x[:-1])]
+    order = np.lexsort((tok0, lanes, x, perm))
+    col, perm, tok0, x, lanes = col[order], perm[order], tok0[order], x[order], lanes[order]
+    new_run = np.r_[True, (perm[1:] != perm[:-1]) | (x[1:] != x[:-1]) | (lanes[1:] != lanes[:-1])]
     run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(tok0)), 0))
     pos = np.arange(len(tok0)) - run_start
     gid = np.cumsum(pos % STACK == 0) - 1
@@ -369,8 +374,8 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
     g_col = np.full((ngroups, STACK, plan.slots), np.iinfo(np.int64).max)
     g_tok0[gid, pos % STACK] = tok0
     g_col[gid, pos % STACK] = col
-    g_perm = np.zeros(ngroups, np.int64)
-    g_perm[gid] = perm
+    g_perm, g_lanes = np.zeros(ngroups, np.int64), np.zeros(ngroups, np.int64)
+    g_perm[gid], g_lanes[gid] = perm, lanes
     count = (g_tok0 >= 0).sum(1)
     g_min = g_col.reshape(ngroups, -1).min(1)
     # groups whose tiles read the same columns relative to their first share one block list
@@ -388,6 +393,7 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
         sig[g] = sigs[key]
     return StackPlan(
         tok0=g_tok0.astype(np.int32),
+        lanes=g_lanes.astype(np.int32),
         sig=sig,
         column=g_min,
         perm=g_perm.astype(np.int32),

@@ -137,7 +137,7 @@ def _library() -> _Library:
         fn.restype = None
         fn.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64]  # tensors and sizes
         fn.argtypes += [p, p, p, p, p, i64, p, i64]  # lane plan and its tiles to run
-        fn.argtypes += [p, p, p, p, p, p, p, i64]  # stacked plan
+        fn.argtypes += [p, p, p, p, p, p, p, p, i64]  # stacked plan
         fn.argtypes += [i64, ctypes.c_double, ctypes.c_int]
         fn = getattr(lib, f"ndf_shared_{suffix}")
         fn.restype = None
@@ -268,7 +268,8 @@ def lane_attention(
         plan.tiles,
         rest.ctypes.data,
         len(rest),
-        *(x.ctypes.data for x in (stack.tok0, stack.sig, stack.perm, stack.idx, stack.first)),
+        *(x.ctypes.data for x in (stack.tok0, stack.lanes, stack.sig, stack.perm, stack.idx)),
+        stack.first.ctypes.data,
         stack.blocks.ctypes.data,
         stack.column.ctypes.data,
         stack.groups,

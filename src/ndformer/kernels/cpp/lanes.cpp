@@ -29,7 +29,8 @@ template <typename T>
 void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, int64_t n,
            int64_t np, int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
            const int32_t* base, const int32_t* offsets, const int64_t* start, int64_t tiles,
-           const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+           const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
+                   const int32_t* sig,
            const int32_t* perm, const int32_t* idx, const int32_t* first,
            const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
            double scale, int threads) {
@@ -41,9 +42,9 @@ void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, in
         const T* qr = q + r * n * e;
         T* outr = out + r * n * ev;
         if (groups > 0) {
-            typename Stack<T>::Args a{qr,  kt,     vt,     outr,   n,      np,     e,
-                                      ev,  tok0,   sig,    perm,   idx,    first,  blocks,
-                                      column, groups, slots, (T)scale};
+            typename Stack<T>::Args a{qr,   kt,     vt,     outr,   n,      np,    e,
+                                      ev,   tok0,   valid,  sig,    perm,   idx,   first,
+                                      blocks, column, groups, slots, (T)scale};
             Stack<T>::run(a, 1, inner);
         }
         if (count > 0) {
@@ -99,24 +100,26 @@ void ndf_lanes_f32(const float* q, const float* k, const float* v, float* out, f
                    int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
                    const int32_t* tokens, const int32_t* kind, const int32_t* base,
                    const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
+                   const int32_t* sig,
                    const int32_t* perm, const int32_t* idx, const int32_t* first,
                    const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
                    double scale, int threads) {
     lanes<float>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
-                 tiles, list, count, tok0, sig, perm, idx, first, blocks, column, groups, slots,
-                 scale, threads);
+                 tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column, groups,
+                 slots, scale, threads);
 }
 void ndf_lanes_f64(const double* q, const double* k, const double* v, double* out,
                    double* work, int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
                    const int32_t* tokens, const int32_t* kind, const int32_t* base,
                    const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* sig,
+                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
+                   const int32_t* sig,
                    const int32_t* perm, const int32_t* idx, const int32_t* first,
                    const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
                    double scale, int threads) {
     lanes<double>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
-                  tiles, list, count, tok0, sig, perm, idx, first, blocks, column, groups,
-                  slots, scale, threads);
+                  tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column,
+                  groups, slots, scale, threads);
 }
 }

@@ -184,34 +184,34 @@ struct Ops {
         for (auto& th : pool) th.join();
     }
 
-    // out[d][l] = scale * x[l * e + d] for the VL rows of x [VL, e] (VL x VL register
-    // transposes, the last e % VL channels one by one).
-    static inline void rows_to_lanes(const T* x, int64_t e, T scale, vec* out) {
+    // out[d][l] = scale * x[l * e + d] for the first m <= VL rows of x [m, e] (0 in the
+    // other lanes): VL x VL register transposes, the last e % VL channels one by one.
+    static inline void rows_to_lanes(const T* x, int64_t e, T scale, vec* out, int m) {
         int64_t d0 = 0;
         for (; d0 + VL <= e; d0 += VL) {
             vec blk[VL];
-            for (int l = 0; l < VL; l++) blk[l] = load(x + l * e + d0);
+            for (int l = 0; l < VL; l++) blk[l] = l < m ? load(x + l * e + d0) : splat(0);
             transpose_block(blk);
             for (int d = 0; d < VL; d++) out[d0 + d] = blk[d] * scale;
         }
         for (; d0 < e; d0++) {
-            vec v;
-            for (int l = 0; l < VL; l++) v[l] = x[l * e + d0];
+            vec v = splat(0);
+            for (int l = 0; l < m; l++) v[l] = x[l * e + d0];
             out[d0] = v * scale;
         }
     }
 
-    // The inverse for the output: x[l * ev + c] = o[c][l] * inv[l].
-    static inline void lanes_to_rows(const vec* o, int64_t ev, vec inv, T* x) {
+    // The inverse for the output: x[l * ev + c] = o[c][l] * inv[l] for the first m lanes.
+    static inline void lanes_to_rows(const vec* o, int64_t ev, vec inv, T* x, int m) {
         int64_t c0 = 0;
         for (; c0 + VL <= ev; c0 += VL) {
             vec blk[VL];
             for (int c = 0; c < VL; c++) blk[c] = o[c0 + c];
             transpose_block(blk);
-            for (int l = 0; l < VL; l++) *(typename S::uvec*)(x + l * ev + c0) = blk[l] * inv[l];
+            for (int l = 0; l < m; l++) *(typename S::uvec*)(x + l * ev + c0) = blk[l] * inv[l];
         }
         for (; c0 < ev; c0++)
-            for (int l = 0; l < VL; l++) x[l * ev + c0] = o[c0][l] * inv[l];
+            for (int l = 0; l < m; l++) x[l * ev + c0] = o[c0][l] * inv[l];
     }
 };
 

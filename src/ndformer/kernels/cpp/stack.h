@@ -3,10 +3,10 @@
 
 namespace ndf {
 
-// Stacked tiles (neighborhoods): up to R = 3 tiles of VL lanes whose queries are VL
-// consecutive tokens and whose every key slot is one vector load, at a column plus a lane
-// index idx[l] shared by the group (the identity inside the grid; a clamp at a border:
-// one register permute). Tiles stacked along a grid axis share most key columns: the plan
+// Stacked tiles (neighborhoods): up to R = 3 tiles of VL lanes whose queries are m <= VL
+// consecutive tokens (lanes m.. idle) and whose every key slot is one vector load, at a
+// column plus a lane index idx[l] shared by the group (the identity inside the grid; a
+// clamp at a border: one register permute). Tiles stacked along a grid axis share most key columns: the plan
 // lists them as blocks (column, first tile t0, tiles nt, columns nj, each tile's slot of the
 // first column), and every key vector a block loads serves its nt tiles from registers.
 template <typename T>
@@ -20,7 +20,7 @@ struct Stack {
         const T *q, *kt, *vt;  // q [rows, n, e]; kt, vt [rows, e | ev, np] (K^T, V^T)
         T* out;                // [rows, n, ev]
         int64_t n, np, e, ev;
-        const int32_t *tok0, *sig, *perm, *idx, *first, *blocks;
+        const int32_t *tok0, *lanes, *sig, *perm, *idx, *first, *blocks;
         const int64_t* column;
         int64_t groups, slots;
         T scale;
@@ -144,8 +144,9 @@ struct Stack {
                 for (int64_t i = 0; i < (int64_t)(VL * e * sizeof(T)); i += 64)
                     __builtin_prefetch(p + i);
             }
+        const int m = a.lanes[g];
         for (int t = 0; t < nt; t++)
-            K::rows_to_lanes(qr + (int64_t)tok0[t] * e, e, a.scale, q + t * e);
+            K::rows_to_lanes(qr + (int64_t)tok0[t] * e, e, a.scale, q + t * e, m);
         ivec idx{};
         if constexpr (P)
             for (int l = 0; l < VL; l++) idx[l] = a.idx[(int64_t)a.perm[g] * VL + l];
@@ -172,7 +173,7 @@ struct Stack {
         for (; c0 < ev; c0++) weigh_blocks<1, P>(a, b0, b1, col0, s, vr + c0 * np, idx, o + c0);
         T* outr = a.out + r * a.n * ev;
         for (int t = 0; t < nt; t++)
-            K::lanes_to_rows(o + t * ev, ev, K::splat(1) / sum[t], outr + (int64_t)tok0[t] * ev);
+            K::lanes_to_rows(o + t * ev, ev, K::splat(1) / sum[t], outr + (int64_t)tok0[t] * ev, m);
     }
 
     static void run(const Args& a, int64_t rows, int threads) {
