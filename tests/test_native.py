@@ -231,7 +231,15 @@ def test_stacked_neighborhoods_match_dense(data):
     e, ev = data.draw(st.sampled_from([(vl, 13), (2 * vl, vl), (5, 3)]), label="channels")
     grid = Grid(shape)
     rules = tuple(pattern.axis_rules(grid))
-    plan, stack = native.lane_plan(rules, shape, vl), native.stack_plan(rules, shape, vl)
+    # K and V transposed for the whole grid at once, or in chunks of few key tokens
+    span = data.draw(st.sampled_from([lane_plans.STACK_SPAN, 1]), label="span")
+    saved, lane_plans.STACK_SPAN = lane_plans.STACK_SPAN, span
+    try:
+        native.stack_plan.cache_clear()
+        plan, stack = native.lane_plan(rules, shape, vl), native.stack_plan(rules, shape, vl)
+    finally:
+        lane_plans.STACK_SPAN = saved
+        native.stack_plan.cache_clear()
     held = stacked_tiles(plan, stack)
     assert sorted(held + stack.rest.tolist()) == list(range(plan.tiles))  # each tile once
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99), label="seed"))
@@ -261,3 +269,21 @@ def test_stacked_plan_takes_the_tiles_it_can(pattern, shape, share):
     assert len(stacked_tiles(plan, stack)) / plan.tiles == pytest.approx(share, abs=0.1)
     # every block reads at most 8 columns for at most 3 tiles, each tile's slots in order
     assert stack.blocks[:, 2].max(initial=1) <= 3 and stack.blocks[:, 3].max(initial=1) <= 8
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape"),
+    [(Neighborhood(3), (9, 5, 20)), (Neighborhood(7), (30, 37)), (Neighborhood(5), (200,))],
+    ids=repr,
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stacked_chunks_match_dense(monkeypatch, pattern, shape, dtype):
+    """K and V transposed a few key tokens at a time (chunks) give the same attention."""
+    monkeypatch.setattr(lane_plans, "STACK_SPAN", 1)
+    native.stack_plan.cache_clear()
+    rules = tuple(pattern.axis_rules(Grid(shape)))
+    assert len(native.stack_plan(rules, shape, native.native_lanes(dtype)).chunks) >= 2
+    out, expected = dense_and_native(pattern, shape, heads=3, dtype=dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(out, expected, **tol)
+    native.stack_plan.cache_clear()

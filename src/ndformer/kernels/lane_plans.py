@@ -223,6 +223,9 @@ def shared_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) ->
 
 #: Tiles per stacked group and fields per block (``Stack::R``, ``Stack::FIELDS``).
 STACK, STACK_FIELDS, STACK_COLUMNS = 3, 7, 8
+#: The stacked kernel transposes K and V in chunks of about this many key tokens (more
+#: for a group with a long reach), so that they stay in cache on large grids.
+STACK_SPAN = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -238,8 +241,10 @@ class StackPlan:
     (the group's block list), column [G] int64 (added to its blocks' columns), perm [G]
     int32 (row of idx [P, VL], -1 = identity), first [S + 1] int32 (block range of each
     block list) and blocks [NB, 7] int32: column, first tile, tiles, columns (<= 8) and
-    each tile's slot of the first column. ``rest`` [M] int32: the tiles left to the lane
-    kernel.
+    each tile's slot of the first column. Groups are in token order and cut into chunks
+    [C, 4] int64: first group, end group, first key token, end key token (the columns
+    the chunk's groups read, VL past the last key included). ``rest`` [M] int32: the
+    tiles left to the lane kernel.
     """
 
     tok0: np.ndarray
@@ -250,6 +255,7 @@ class StackPlan:
     idx: np.ndarray
     first: np.ndarray
     blocks: np.ndarray
+    chunks: np.ndarray
     rest: np.ndarray
 
     @property
@@ -313,6 +319,7 @@ def empty_stack(tiles: int, vl: int) -> StackPlan:
         idx=np.zeros((1, vl), np.int32),
         first=np.zeros(1, np.int32),
         blocks=np.zeros((1, STACK_FIELDS), np.int32),
+        chunks=np.zeros((0, 4), np.int64),
         rest=np.arange(tiles, dtype=np.int32),
     )
 
@@ -376,8 +383,12 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
     g_col[gid, pos % STACK] = col
     g_perm, g_lanes = np.zeros(ngroups, np.int64), np.zeros(ngroups, np.int64)
     g_perm[gid], g_lanes[gid] = perm, lanes
+    # groups in token order (a chunk of them reads a narrow band of key columns)
+    by_token = np.argsort(g_tok0[:, 0], kind="stable")
+    g_tok0, g_col, g_perm, g_lanes = (x[by_token] for x in (g_tok0, g_col, g_perm, g_lanes))
     count = (g_tok0 >= 0).sum(1)
     g_min = g_col.reshape(ngroups, -1).min(1)
+    g_max = np.where(g_col == np.iinfo(np.int64).max, -1, g_col).reshape(ngroups, -1).max(1)
     # groups whose tiles read the same columns relative to their first share one block list
     sigs: dict[bytes, int] = {}
     sig = np.zeros(ngroups, np.int32)
@@ -400,5 +411,23 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
         idx=np.ascontiguousarray(table, dtype=np.int32),
         first=np.asarray(first, np.int32),
         blocks=np.asarray(blocks, np.int32),
+        chunks=_chunks(g_min, g_max + vl),
         rest=np.setdiff1d(np.arange(plan.tiles), tiles).astype(np.int32),
     )
+
+
+def _chunks(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Consecutive groups (key columns [lo, hi) each) cut into chunks whose key columns
+    span at most ``STACK_SPAN`` or twice a group's (so that a chunk's queries span at
+    least about as much as its halo): [C, 4] first, end group, lo, hi."""
+    limit = max(STACK_SPAN, 2 * int((hi - lo).max()))
+    chunks = []
+    start, low, high = 0, int(lo[0]), int(hi[0])
+    for g in range(1, len(lo)):
+        a, b = min(low, int(lo[g])), max(high, int(hi[g]))
+        if b - a > limit:
+            chunks.append((start, g, low, high))
+            start, a, b = g, int(lo[g]), int(hi[g])
+        low, high = a, b
+    chunks.append((start, len(lo), low, high))
+    return np.asarray(chunks, np.int64)

@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._cache import cache_root
@@ -137,7 +138,7 @@ def _library() -> _Library:
         fn.restype = None
         fn.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64]  # tensors and sizes
         fn.argtypes += [p, p, p, p, p, i64, p, i64]  # lane plan and its tiles to run
-        fn.argtypes += [p, p, p, p, p, p, p, p, i64]  # stacked plan
+        fn.argtypes += [p, p, p, p, p, p, p, p, p, i64]  # stacked plan
         fn.argtypes += [i64, ctypes.c_double, ctypes.c_int]
         fn = getattr(lib, f"ndf_shared_{suffix}")
         fn.restype = None
@@ -251,12 +252,15 @@ def lane_attention(
     batch, heads, n, e = q.shape
     ev = v.shape[-1]
     rows, vl, threads = batch * heads, plan.lanes, torch.get_num_threads()
-    padded = n + 2 * vl  # K^T, V^T rows: the kernels read up to 2 * vl columns past n
+    stack = stack if stack is not None else empty_stack(plan.tiles, vl)
+    rest, chunks = stack.rest, stack.chunks
+    if len(rest) and len(chunks):  # the lane kernel's tiles need the whole row transposed
+        chunks = np.array([[0, stack.groups, 0, n]], np.int64)
+    widest = int((chunks[:, 3] - chunks[:, 2]).max()) if len(chunks) else n
+    padded = min(widest, n) + 2 * vl  # the kernels read up to 2 * vl columns past the end
     (work,) = _workspace(q.dtype, (max(threads, 1), e + ev, padded))
     q, k, v = (x.reshape(rows, n, x.shape[-1]).contiguous() for x in (q, k, v))
     out = q.new_empty(batch, heads, n, ev)
-    stack = stack if stack is not None else empty_stack(plan.tiles, vl)
-    rest = stack.rest
     getattr(lib, f"ndf_lanes_{DTYPES[q.dtype]}")(
         *(x.data_ptr() for x in (q, k, v, out, work)),
         rows,
@@ -269,10 +273,8 @@ def lane_attention(
         rest.ctypes.data,
         len(rest),
         *(x.ctypes.data for x in (stack.tok0, stack.lanes, stack.sig, stack.perm, stack.idx)),
-        stack.first.ctypes.data,
-        stack.blocks.ctypes.data,
-        stack.column.ctypes.data,
-        stack.groups,
+        *(x.ctypes.data for x in (stack.first, stack.blocks, stack.column, chunks)),
+        len(chunks),
         plan.slots,
         scale,
         threads,

@@ -19,44 +19,53 @@ void shared(const T* q, const T* k, const T* v, T* out, int64_t rows, int64_t n,
     Shared<T>::run(a, rows, threads);
 }
 
-// The lane kernels' driver: K and V of each row (batch x head) are transposed into the
-// caller's scratch (per worker: [e + ev, np], np >= n + 2 * VL), then the stacked
-// tiles and the rest of the plan's tiles run on it. Whole rows go to separate workers when
-// there are at least as many rows as threads (one worker's transposes, which wait on
-// memory, overlap another's arithmetic); the remaining rows split their tiles over all
-// threads.
+// The lane kernels' driver. For each row (batch x head): the stacked groups, chunk by
+// chunk (chunks [C, 4]: first and end group, first and end key token), each on K and V
+// transposed for the chunk's key tokens into the caller's scratch (per worker: [e + ev,
+// np], np >= the widest chunk + 2 * VL) where they stay in cache; then the lane kernel's
+// tiles `list`, which need the whole row transposed (the caller then gives one chunk over
+// all tokens). Whole rows go to separate workers when there are at least as many rows as
+// threads (one worker's transposes, which wait on memory, overlap another's arithmetic);
+// the remaining rows split their tiles over all threads.
 template <typename T>
 void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, int64_t n,
            int64_t np, int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
            const int32_t* base, const int32_t* offsets, const int64_t* start, int64_t tiles,
            const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
-                   const int32_t* sig,
-           const int32_t* perm, const int32_t* idx, const int32_t* first,
-           const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
-           double scale, int threads) {
+           const int32_t* sig, const int32_t* perm, const int32_t* idx, const int32_t* first,
+           const int32_t* blocks, const int64_t* column, const int64_t* chunks,
+           int64_t nchunks, int64_t slots, double scale, int threads) {
     auto row = [=](int64_t r, T* scratch, int inner) {
         T* kt = scratch;
         T* vt = kt + e * np;
-        Kernel<T>::transpose(k + r * n * e, kt, 1, n, e, np, inner);
-        Kernel<T>::transpose(v + r * n * ev, vt, 1, n, ev, np, inner);
         const T* qr = q + r * n * e;
         T* outr = out + r * n * ev;
-        if (groups > 0) {
-            typename Stack<T>::Args a{qr,   kt,     vt,     outr,   n,      np,    e,
-                                      ev,   tok0,   valid,  sig,    perm,   idx,   first,
-                                      blocks, column, groups, slots, (T)scale};
+        for (int64_t c = 0; c < nchunks; c++) {
+            const int64_t* ch = chunks + 4 * c;
+            int64_t g0 = ch[0], lo = ch[2], hi = ch[3] < n ? ch[3] : n;
+            Ops<T>::transpose(k + (r * n + lo) * e, kt, 1, hi - lo, e, np, inner);
+            Ops<T>::transpose(v + (r * n + lo) * ev, vt, 1, hi - lo, ev, np, inner);
+            typename Stack<T>::Args a{qr,           kt,         vt,        outr,
+                                      n,            np,         e,         ev,
+                                      tok0 + Stack<T>::R * g0, valid + g0, sig + g0,  perm + g0,
+                                      idx,          first,      blocks,    column + g0,
+                                      ch[1] - g0,   slots,      (T)scale,  lo};
             Stack<T>::run(a, 1, inner);
         }
         if (count > 0) {
-            typename Kernel<T>::Args a{qr,    kt,    vt,     outr,    n,     np,
-                                       e,     ev,    tokens, kind,    base,  offsets,
+            if (nchunks == 0) {
+                Ops<T>::transpose(k + r * n * e, kt, 1, n, e, np, inner);
+                Ops<T>::transpose(v + r * n * ev, vt, 1, n, ev, np, inner);
+            }
+            typename Kernel<T>::Args a{qr,    kt,    vt,     outr,     n,    np,
+                                       e,     ev,    tokens, kind,     base, offsets,
                                        start, tiles, slots,  (T)scale, list, count};
             Kernel<T>::run(a, 1, inner);
         }
     };
     int64_t whole = threads > 1 ? rows / threads * threads : 0;
     if (whole > 0)
-        Kernel<T>::parallel(threads, threads, [=](int64_t w0, int64_t w1) {
+        Ops<T>::parallel(threads, threads, [=](int64_t w0, int64_t w1) {
             for (int64_t w = w0; w < w1; w++)
                 for (int64_t r = w; r < whole; r += threads) row(r, work + w * (e + ev) * np, 1);
         });
@@ -68,9 +77,8 @@ void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, in
 using namespace ndf;
 
 // q, k [rows, n, e], v [rows, n, ev], out [rows, n, ev]; work [max(threads, 1), e + ev,
-// np] scratch with np >= n + 2 * VL (the kernels read past a row's last token); the lane
-// plan (the kernel computes its tiles `list` [count]) and the stacked plan (`groups` may be
-// 0) as described in lanes.h and stack.h.
+// np] scratch (see lanes() above); the lane plan (the kernel computes its tiles `list`
+// [count]) and the stacked plan (`nchunks` may be 0) as described in lanes.h, stack.h.
 extern "C" {
 int ndf_lanes_vl_f32() { return Simd<float>::VL; }
 int ndf_lanes_vl_f64() { return Simd<double>::VL; }
@@ -100,26 +108,26 @@ void ndf_lanes_f32(const float* q, const float* k, const float* v, float* out, f
                    int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
                    const int32_t* tokens, const int32_t* kind, const int32_t* base,
                    const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
-                   const int32_t* sig,
-                   const int32_t* perm, const int32_t* idx, const int32_t* first,
-                   const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
-                   double scale, int threads) {
+                   const int32_t* list, int64_t count, const int32_t* tok0,
+                   const int32_t* valid, const int32_t* sig, const int32_t* perm,
+                   const int32_t* idx, const int32_t* first, const int32_t* blocks,
+                   const int64_t* column, const int64_t* chunks, int64_t nchunks,
+                   int64_t slots, double scale, int threads) {
     lanes<float>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
-                 tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column, groups,
-                 slots, scale, threads);
+                 tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column, chunks,
+                 nchunks, slots, scale, threads);
 }
 void ndf_lanes_f64(const double* q, const double* k, const double* v, double* out,
                    double* work, int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
                    const int32_t* tokens, const int32_t* kind, const int32_t* base,
                    const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
-                   const int32_t* sig,
-                   const int32_t* perm, const int32_t* idx, const int32_t* first,
-                   const int32_t* blocks, const int64_t* column, int64_t groups, int64_t slots,
-                   double scale, int threads) {
+                   const int32_t* list, int64_t count, const int32_t* tok0,
+                   const int32_t* valid, const int32_t* sig, const int32_t* perm,
+                   const int32_t* idx, const int32_t* first, const int32_t* blocks,
+                   const int64_t* column, const int64_t* chunks, int64_t nchunks,
+                   int64_t slots, double scale, int threads) {
     lanes<double>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
                   tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column,
-                  groups, slots, scale, threads);
+                  chunks, nchunks, slots, scale, threads);
 }
 }

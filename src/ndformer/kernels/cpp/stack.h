@@ -6,9 +6,10 @@ namespace ndf {
 // Stacked tiles (neighborhoods): up to R = 3 tiles of VL lanes whose queries are m <= VL
 // consecutive tokens (lanes m.. idle) and whose every key slot is one vector load, at a
 // column plus a lane index idx[l] shared by the group (the identity inside the grid; a
-// clamp at a border: one register permute). Tiles stacked along a grid axis share most key columns: the plan
-// lists them as blocks (column, first tile t0, tiles nt, columns nj, each tile's slot of the
-// first column), and every key vector a block loads serves its nt tiles from registers.
+// clamp at a border: one register permute). Tiles stacked along a grid axis share most
+// key columns: the plan lists them as blocks (column, first tile t0, tiles nt, columns
+// nj, each tile's slot of the first column), and every key vector a block loads serves
+// its nt tiles from registers.
 template <typename T>
 struct Stack {
     using K = Ops<T>;
@@ -17,13 +18,14 @@ struct Stack {
     static constexpr int VL = K::VL, R = 3, FIELDS = 7;
 
     struct Args {
-        const T *q, *kt, *vt;  // q [rows, n, e]; kt, vt [rows, e | ev, np] (K^T, V^T)
+        const T *q, *kt, *vt;  // q [rows, n, e]; kt, vt [rows, e | ev, np]: K^T, V^T
         T* out;                // [rows, n, ev]
         int64_t n, np, e, ev;
         const int32_t *tok0, *lanes, *sig, *perm, *idx, *first, *blocks;
         const int64_t* column;
         int64_t groups, slots;
         T scale;
+        int64_t origin;  // the token in column 0 of kt and vt
     };
 
     // A key (or value) vector, loaded once into a register: the empty asm stops the
@@ -152,7 +154,7 @@ struct Stack {
             for (int l = 0; l < VL; l++) idx[l] = a.idx[(int64_t)a.perm[g] * VL + l];
         const int32_t* b0 = a.blocks + (int64_t)a.first[a.sig[g]] * FIELDS;
         const int32_t* b1 = a.blocks + (int64_t)a.first[a.sig[g] + 1] * FIELDS;
-        const int64_t col0 = a.column[g];
+        const int64_t col0 = a.column[g] - a.origin;
         for (const int32_t* b = b0; b < b1; b += FIELDS) {
             const T* col = kr + col0 + b[0];
             const vec* qp = q + b[1] * e;
