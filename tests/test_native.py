@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ndformer import Grid, Points, attend
-from ndformer.kernels import lane_plans, native
+from ndformer.kernels import lane_plans, native, stack_plans
 from ndformer.patterns import Causal, HeadSplit, Neighborhood, Separable, Stripe, Window
 from strategies import any_pattern, neighborhoods, shapes
 
@@ -232,13 +232,13 @@ def test_stacked_neighborhoods_match_dense(data):
     grid = Grid(shape)
     rules = tuple(pattern.axis_rules(grid))
     # K and V transposed for the whole grid at once, or in chunks of few key tokens
-    span = data.draw(st.sampled_from([lane_plans.STACK_SPAN, 1]), label="span")
-    saved, lane_plans.STACK_SPAN = lane_plans.STACK_SPAN, span
+    span = data.draw(st.sampled_from([stack_plans.STACK_SPAN, 1]), label="span")
+    saved, stack_plans.STACK_SPAN = stack_plans.STACK_SPAN, span
     try:
         native.stack_plan.cache_clear()
         plan, stack = native.lane_plan(rules, shape, vl), native.stack_plan(rules, shape, vl)
     finally:
-        lane_plans.STACK_SPAN = saved
+        stack_plans.STACK_SPAN = saved
         native.stack_plan.cache_clear()
     held = stacked_tiles(plan, stack)
     assert sorted(held + stack.rest.tolist()) == list(range(plan.tiles))  # each tile once
@@ -279,7 +279,7 @@ def test_stacked_plan_takes_the_tiles_it_can(pattern, shape, share):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_stacked_chunks_match_dense(monkeypatch, pattern, shape, dtype):
     """K and V transposed a few key tokens at a time (chunks) give the same attention."""
-    monkeypatch.setattr(lane_plans, "STACK_SPAN", 1)
+    monkeypatch.setattr(stack_plans, "STACK_SPAN", 1)
     native.stack_plan.cache_clear()
     rules = tuple(pattern.axis_rules(Grid(shape)))
     assert len(native.stack_plan(rules, shape, native.native_lanes(dtype)).chunks) >= 2

@@ -55,12 +55,10 @@ from .lane_plans import (
     SKIP,
     LanePlan,
     SharedPlan,
-    StackPlan,
-    empty_stack,
     lane_plan,
     shared_plan,
-    stack_plan,
 )
+from .stack_plans import StackPlan, empty_stack, stack_plan
 
 SOURCES = Path(__file__).with_name("cpp")
 SOURCE = SOURCES / "lanes.cpp"  # includes the headers beside it
