@@ -267,7 +267,7 @@ def test_stacked_plan_takes_the_tiles_it_can(pattern, shape, share):
     rules = tuple(pattern.axis_rules(grid))
     plan, stack = native.lane_plan(rules, shape, 16), native.stack_plan(rules, shape, 16)
     assert len(stacked_tiles(plan, stack)) / plan.tiles == pytest.approx(share, abs=0.1)
-    # every block reads at most 8 columns for at most 3 tiles, each tile's slots in order
+    # every block reads at most 8 columns for at most 3 tiles
     assert stack.blocks[:, 2].max(initial=1) <= 3 and stack.blocks[:, 3].max(initial=1) <= 8
 
 

@@ -135,16 +135,13 @@ def _library() -> _Library:
         fn = getattr(lib, f"ndf_lanes_{suffix}")
         fn.restype = None
         fn.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64]  # tensors and sizes
-        fn.argtypes += [p, p, p, p, p, i64, p, i64]  # lane plan and its tiles to run
+        fn.argtypes += [p, p, p, p, p, p, i64]  # lane plan and its tiles to run
         fn.argtypes += [p, p, p, p, p, p, p, p, p, i64]  # stacked plan
         fn.argtypes += [i64, ctypes.c_double, ctypes.c_int]
         fn = getattr(lib, f"ndf_shared_{suffix}")
         fn.restype = None
         fn.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, i64, i64, ctypes.c_double]
         fn.argtypes += [ctypes.c_int]
-        fn = getattr(lib, f"ndf_transpose_{suffix}")
-        fn.restype = None
-        fn.argtypes = [p, p, i64, i64, i64, i64, ctypes.c_int]
         getattr(lib, f"ndf_lanes_vl_{suffix}").restype = ctypes.c_int
     return _Library(lib, "ready")
 
@@ -256,7 +253,7 @@ def lane_attention(
         chunks = np.array([[0, stack.groups, 0, n]], np.int64)
     widest = int((chunks[:, 3] - chunks[:, 2]).max()) if len(chunks) else n
     padded = min(widest, n) + 2 * vl  # the kernels read up to 2 * vl columns past the end
-    (work,) = _workspace(q.dtype, (max(threads, 1), e + ev, padded))
+    work = _workspace(q.dtype, (max(threads, 1), e + ev, padded))
     q, k, v = (x.reshape(rows, n, x.shape[-1]).contiguous() for x in (q, k, v))
     out = q.new_empty(batch, heads, n, ev)
     getattr(lib, f"ndf_lanes_{DTYPES[q.dtype]}")(
@@ -267,7 +264,6 @@ def lane_attention(
         e,
         ev,
         *(x.ctypes.data for x in (plan.tokens, plan.kind, plan.base, plan.offsets, plan.start)),
-        plan.tiles,
         rest.ctypes.data,
         len(rest),
         *(x.ctypes.data for x in (stack.tok0, stack.lanes, stack.sig, stack.perm, stack.idx)),
@@ -283,14 +279,14 @@ def lane_attention(
 _workspaces = threading.local()
 
 
-def _workspace(dtype: torch.dtype, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
-    """Scratch tensors of these shapes, reused by the calling thread while the sizes stay
-    the same (fresh pages for every call cost about as much as the transposes)."""
-    key = (dtype, shapes)
+def _workspace(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Scratch of this shape, reused by the calling thread while the size stays the same
+    (fresh pages for every call cost about as much as the transposes)."""
+    key = (dtype, shape)
     if getattr(_workspaces, "key", None) != key:
         _workspaces.key = key
-        _workspaces.tensors = [torch.empty(s, dtype=dtype) for s in shapes]
-    return _workspaces.tensors
+        _workspaces.tensor = torch.empty(shape, dtype=dtype)
+    return _workspaces.tensor
 
 
 __all__ = [

@@ -62,7 +62,7 @@ class StackPlan:
 
 def _tile_keys(plan: LanePlan, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[t, S, VL] key token of every lane and slot of these (SHIFT / PERM only) tiles, and
-    [t, S, VL] whether the lane has no key there (PERM offset -1; also padding lanes)."""
+    [t, S, VL] whether a PERM slot gives the lane no key (offset -1: masked or padding)."""
     vl = plan.lanes
     kind, base = plan.kind[tiles], plan.base[tiles].astype(np.int64)
     perm = kind == PERM

@@ -30,7 +30,7 @@ void shared(const T* q, const T* k, const T* v, T* out, int64_t rows, int64_t n,
 template <typename T>
 void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, int64_t n,
            int64_t np, int64_t e, int64_t ev, const int32_t* tokens, const int32_t* kind,
-           const int32_t* base, const int32_t* offsets, const int64_t* start, int64_t tiles,
+           const int32_t* base, const int32_t* offsets, const int64_t* start,
            const int32_t* list, int64_t count, const int32_t* tok0, const int32_t* valid,
            const int32_t* sig, const int32_t* perm, const int32_t* idx, const int32_t* first,
            const int32_t* blocks, const int64_t* column, const int64_t* chunks,
@@ -43,24 +43,24 @@ void lanes(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, in
         for (int64_t c = 0; c < nchunks; c++) {
             const int64_t* ch = chunks + 4 * c;
             int64_t g0 = ch[0], lo = ch[2], hi = ch[3] < n ? ch[3] : n;
-            Ops<T>::transpose(k + (r * n + lo) * e, kt, 1, hi - lo, e, np, inner);
-            Ops<T>::transpose(v + (r * n + lo) * ev, vt, 1, hi - lo, ev, np, inner);
-            typename Stack<T>::Args a{qr,           kt,         vt,        outr,
-                                      n,            np,         e,         ev,
-                                      tok0 + Stack<T>::R * g0, valid + g0, sig + g0,  perm + g0,
-                                      idx,          first,      blocks,    column + g0,
-                                      ch[1] - g0,   slots,      (T)scale,  lo};
-            Stack<T>::run(a, 1, inner);
+            Ops<T>::transpose(k + (r * n + lo) * e, kt, hi - lo, e, np, inner);
+            Ops<T>::transpose(v + (r * n + lo) * ev, vt, hi - lo, ev, np, inner);
+            constexpr int R = Stack<T>::R;
+            typename Stack<T>::Args a{qr,        kt,    vt,       outr,      np,     e,
+                                      ev,        tok0 + R * g0,   valid + g0, sig + g0,
+                                      perm + g0, idx,   first,    blocks,    column + g0,
+                                      ch[1] - g0, slots, (T)scale, lo};
+            Stack<T>::run(a, inner);
         }
         if (count > 0) {
             if (nchunks == 0) {
-                Ops<T>::transpose(k + r * n * e, kt, 1, n, e, np, inner);
-                Ops<T>::transpose(v + r * n * ev, vt, 1, n, ev, np, inner);
+                Ops<T>::transpose(k + r * n * e, kt, n, e, np, inner);
+                Ops<T>::transpose(v + r * n * ev, vt, n, ev, np, inner);
             }
-            typename Kernel<T>::Args a{qr,    kt,    vt,     outr,     n,    np,
-                                       e,     ev,    tokens, kind,     base, offsets,
-                                       start, tiles, slots,  (T)scale, list, count};
-            Kernel<T>::run(a, 1, inner);
+            typename Kernel<T>::Args a{qr,   kt,      vt,    outr,     np,   e,     ev,
+                                       tokens, kind,  base,  offsets,  start, slots,
+                                       (T)scale, list, count};
+            Kernel<T>::run(a, inner);
         }
     };
     int64_t whole = threads > 1 ? rows / threads * threads : 0;
@@ -79,55 +79,31 @@ using namespace ndf;
 // q, k [rows, n, e], v [rows, n, ev], out [rows, n, ev]; work [max(threads, 1), e + ev,
 // np] scratch (see lanes() above); the lane plan (the kernel computes its tiles `list`
 // [count]) and the stacked plan (`nchunks` may be 0) as described in lanes.h, stack.h.
+// One set of entry points per dtype (suffix f32 / f64).
+#define NDF_ENTRIES(T, SUFFIX)                                                                \
+    int ndf_lanes_vl_##SUFFIX() { return Simd<T>::VL; }                                      \
+    void ndf_shared_##SUFFIX(const T* q, const T* k, const T* v, T* out, int64_t rows,        \
+                             int64_t n, int64_t e, int64_t ev, const int32_t* tokens,         \
+                             const int32_t* keys, const int32_t* counts, int64_t tiles,       \
+                             int64_t slots, double scale, int threads) {                      \
+        shared<T>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,    \
+                  threads);                                                                   \
+    }                                                                                         \
+    void ndf_lanes_##SUFFIX(const T* q, const T* k, const T* v, T* out, T* work, int64_t rows, \
+                            int64_t n, int64_t np, int64_t e, int64_t ev,                     \
+                            const int32_t* tokens, const int32_t* kind, const int32_t* base,  \
+                            const int32_t* offsets, const int64_t* start,                     \
+                            const int32_t* list, int64_t count, const int32_t* tok0,          \
+                            const int32_t* valid, const int32_t* sig, const int32_t* perm,    \
+                            const int32_t* idx, const int32_t* first, const int32_t* blocks,  \
+                            const int64_t* column, const int64_t* chunks, int64_t nchunks,    \
+                            int64_t slots, double scale, int threads) {                       \
+        lanes<T>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,  \
+                 list, count, tok0, valid, sig, perm, idx, first, blocks, column, chunks,     \
+                 nchunks, slots, scale, threads);                                             \
+    }
+
 extern "C" {
-int ndf_lanes_vl_f32() { return Simd<float>::VL; }
-int ndf_lanes_vl_f64() { return Simd<double>::VL; }
-void ndf_transpose_f32(const float* x, float* out, int64_t rows, int64_t n, int64_t e,
-                       int64_t np, int threads) {
-    Kernel<float>::transpose(x, out, rows, n, e, np, threads);
-}
-void ndf_transpose_f64(const double* x, double* out, int64_t rows, int64_t n, int64_t e,
-                       int64_t np, int threads) {
-    Kernel<double>::transpose(x, out, rows, n, e, np, threads);
-}
-void ndf_shared_f32(const float* q, const float* k, const float* v, float* out, int64_t rows,
-                    int64_t n, int64_t e, int64_t ev, const int32_t* tokens,
-                    const int32_t* keys, const int32_t* counts, int64_t tiles, int64_t slots,
-                    double scale, int threads) {
-    shared<float>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
-                  threads);
-}
-void ndf_shared_f64(const double* q, const double* k, const double* v, double* out,
-                    int64_t rows, int64_t n, int64_t e, int64_t ev, const int32_t* tokens,
-                    const int32_t* keys, const int32_t* counts, int64_t tiles, int64_t slots,
-                    double scale, int threads) {
-    shared<double>(q, k, v, out, rows, n, e, ev, tokens, keys, counts, tiles, slots, scale,
-                   threads);
-}
-void ndf_lanes_f32(const float* q, const float* k, const float* v, float* out, float* work,
-                   int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
-                   const int32_t* tokens, const int32_t* kind, const int32_t* base,
-                   const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   const int32_t* list, int64_t count, const int32_t* tok0,
-                   const int32_t* valid, const int32_t* sig, const int32_t* perm,
-                   const int32_t* idx, const int32_t* first, const int32_t* blocks,
-                   const int64_t* column, const int64_t* chunks, int64_t nchunks,
-                   int64_t slots, double scale, int threads) {
-    lanes<float>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
-                 tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column, chunks,
-                 nchunks, slots, scale, threads);
-}
-void ndf_lanes_f64(const double* q, const double* k, const double* v, double* out,
-                   double* work, int64_t rows, int64_t n, int64_t np, int64_t e, int64_t ev,
-                   const int32_t* tokens, const int32_t* kind, const int32_t* base,
-                   const int32_t* offsets, const int64_t* start, int64_t tiles,
-                   const int32_t* list, int64_t count, const int32_t* tok0,
-                   const int32_t* valid, const int32_t* sig, const int32_t* perm,
-                   const int32_t* idx, const int32_t* first, const int32_t* blocks,
-                   const int64_t* column, const int64_t* chunks, int64_t nchunks,
-                   int64_t slots, double scale, int threads) {
-    lanes<double>(q, k, v, out, work, rows, n, np, e, ev, tokens, kind, base, offsets, start,
-                  tiles, list, count, tok0, valid, sig, perm, idx, first, blocks, column,
-                  chunks, nchunks, slots, scale, threads);
-}
+NDF_ENTRIES(float, f32)
+NDF_ENTRIES(double, f64)
 }

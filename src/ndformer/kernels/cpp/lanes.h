@@ -144,21 +144,19 @@ struct Kernel : Ops<T> {
     struct Args {
         const T *q, *kt, *vt;
         T* out;
-        int64_t n, np, e, ev;
+        int64_t np, e, ev;
         const int32_t *tokens, *kind, *base, *offsets;
         const int64_t* start;
-        int64_t tiles, slots;
+        int64_t slots;
         T scale;
         const int32_t* list;  // the tiles to compute
         int64_t count;
     };
 
-    static void tile(const Args& a, int64_t job, vec* qt, vec* s, vec* o) {
-        int64_t r = job / a.count, t = a.list[job % a.count];
+    // Tile t of one row (q [n, e], kt / vt [e | ev, np], out [n, ev]).
+    static void tile(const Args& a, int64_t t, vec* qt, vec* s, vec* o) {
         const int32_t* tok = a.tokens + t * VL;
-        const T* qr = a.q + r * a.n * a.e;
-        const T* kr = a.kt + r * a.e * a.np;
-        const T* vr = a.vt + r * a.ev * a.np;
+        const T *qr = a.q, *kr = a.kt, *vr = a.vt;
         const int32_t* kd = a.kind + t * a.slots;
         const int32_t* bs = a.base + t * a.slots;
         gather(qr, a.e, tok, a.scale, qt, 1);
@@ -198,13 +196,13 @@ struct Kernel : Ops<T> {
             for (int d = 0; d < dn; d++) o[d0 + d] = acc[d];
         }
         vec inv = splat(1) / (sum == splat(0) ? splat(1) : sum);
-        scatter(a.out + r * a.n * a.ev, a.ev, tok, o, 1, inv);
+        scatter(a.out, a.ev, tok, o, 1, inv);
     }
 
-    static void run(const Args& a, int64_t rows, int threads) {
-        parallel(rows * a.count, threads, [&a](int64_t begin, int64_t end) {
+    static void run(const Args& a, int threads) {
+        parallel(a.count, threads, [&a](int64_t begin, int64_t end) {
             std::vector<vec> qt(a.e), s(a.slots), o(a.ev);
-            for (int64_t job = begin; job < end; job++) tile(a, job, qt.data(), s.data(), o.data());
+            for (int64_t i = begin; i < end; i++) tile(a, a.list[i], qt.data(), s.data(), o.data());
         });
     }
 

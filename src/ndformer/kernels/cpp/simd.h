@@ -141,31 +141,14 @@ struct Ops {
         transpose_stage<1>(x);
     }
 
-    // out[r, d, t] = x[r, t, d] for x [rows, n, e] and out [rows, e, np], in VL x VL blocks.
-    static void transpose(const T* x, T* out, int64_t rows, int64_t n, int64_t e, int64_t np,
-                          int threads) {
-        constexpr int B = VL;
-        int64_t tb = (n + B - 1) / B;
-        parallel(rows * tb, threads, [=](int64_t begin, int64_t end) {
-            for (int64_t job = begin; job < end; job++) {
-                int64_t r = job / tb, t0 = job % tb * B;
-                int64_t tn = n - t0 < B ? n - t0 : B;
-                const T* src = x + (r * n + t0) * e;
-                T* dst = out + r * e * np + t0;
-                for (int64_t d0 = 0; d0 < e; d0 += B) {
-                    int64_t dn = e - d0 < B ? e - d0 : B;
-                    if (tn == B && dn == B) {
-                        vec blk[B];
-                        for (int t = 0; t < B; t++) blk[t] = load(src + t * e + d0);
-                        transpose_block(blk);
-                        for (int d = 0; d < B; d++)
-                            *(typename S::uvec*)(dst + (d0 + d) * np) = blk[d];
-                        continue;
-                    }
-                    for (int64_t d = 0; d < dn; d++)
-                        for (int64_t t = 0; t < tn; t++)
-                            dst[(d0 + d) * np + t] = src[t * e + d0 + d];
-                }
+    // out[d, t] = x[t, d] for x [n, e] and out [e, np], VL tokens at a time (the last
+    // block also writes zeros to the VL - n % VL columns past n: np >= n + VL).
+    static void transpose(const T* x, T* out, int64_t n, int64_t e, int64_t np, int threads) {
+        parallel((n + VL - 1) / VL, threads, [=](int64_t begin, int64_t end) {
+            std::vector<vec> lanes(e);
+            for (int64_t t0 = begin * VL; t0 < end * VL && t0 < n; t0 += VL) {
+                rows_to_lanes(x + t0 * e, e, 1, lanes.data(), n - t0 < VL ? (int)(n - t0) : VL);
+                for (int64_t d = 0; d < e; d++) *(typename S::uvec*)(out + d * np + t0) = lanes[d];
             }
         });
     }

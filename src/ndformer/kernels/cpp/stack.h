@@ -18,9 +18,9 @@ struct Stack {
     static constexpr int VL = K::VL, R = 3, FIELDS = 7;
 
     struct Args {
-        const T *q, *kt, *vt;  // q [rows, n, e]; kt, vt [rows, e | ev, np]: K^T, V^T
-        T* out;                // [rows, n, ev]
-        int64_t n, np, e, ev;
+        const T *q, *kt, *vt;  // one row: q [n, e]; kt, vt [e | ev, np]: K^T, V^T
+        T* out;                // [n, ev]
+        int64_t np, e, ev;
         const int32_t *tok0, *lanes, *sig, *perm, *idx, *first, *blocks;
         const int64_t* column;
         int64_t groups, slots;
@@ -127,15 +127,13 @@ struct Stack {
             for (int c = 0; c < CB; c++) o[t * a.ev + c] = acc[t][c];
     }
 
-    // One job: group g of row r — queries to lanes, scores block by block, softmax, the
-    // value sums, outputs back to rows.
+    // Group g: queries to lanes, scores block by block, softmax, the value sums, outputs
+    // back to rows.
     template <bool P>
-    static void group(const Args& a, int64_t job, vec* q, vec* s, vec* o) {
-        const int64_t r = job / a.groups, g = job % a.groups, e = a.e, ev = a.ev, np = a.np;
+    static void group(const Args& a, int64_t g, vec* q, vec* s, vec* o) {
+        const int64_t e = a.e, ev = a.ev, np = a.np;
         const int32_t* tok0 = a.tok0 + g * R;
-        const T* qr = a.q + r * a.n * e;
-        const T* kr = a.kt + r * e * np;
-        const T* vr = a.vt + r * ev * np;
+        const T *qr = a.q, *kr = a.kt, *vr = a.vt;
         int nt = 0;
         while (nt < R && tok0[nt] >= 0) nt++;
         if (g + 1 < a.groups)  // the next group's queries (rows apart: no hardware prefetch)
@@ -173,19 +171,18 @@ struct Stack {
         for (; c0 + 4 <= ev; c0 += 4)
             weigh_blocks<4, P>(a, b0, b1, col0, s, vr + c0 * np, idx, o + c0);
         for (; c0 < ev; c0++) weigh_blocks<1, P>(a, b0, b1, col0, s, vr + c0 * np, idx, o + c0);
-        T* outr = a.out + r * a.n * ev;
         for (int t = 0; t < nt; t++)
-            K::lanes_to_rows(o + t * ev, ev, K::splat(1) / sum[t], outr + (int64_t)tok0[t] * ev, m);
+            K::lanes_to_rows(o + t * ev, ev, K::splat(1) / sum[t], a.out + tok0[t] * ev, m);
     }
 
-    static void run(const Args& a, int64_t rows, int threads) {
-        K::parallel(rows * a.groups, threads, [&a](int64_t begin, int64_t end) {
+    static void run(const Args& a, int threads) {
+        K::parallel(a.groups, threads, [&a](int64_t begin, int64_t end) {
             std::vector<vec> q(a.e * R), s(a.slots * R), o(a.ev * R);
-            for (int64_t job = begin; job < end; job++) {
-                if (a.perm[job % a.groups] >= 0)
-                    group<true>(a, job, q.data(), s.data(), o.data());
+            for (int64_t g = begin; g < end; g++) {
+                if (a.perm[g] >= 0)
+                    group<true>(a, g, q.data(), s.data(), o.data());
                 else
-                    group<false>(a, job, q.data(), s.data(), o.data());
+                    group<false>(a, g, q.data(), s.data(), o.data());
             }
         });
     }
