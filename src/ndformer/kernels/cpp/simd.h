@@ -11,23 +11,35 @@
 
 namespace ndf {
 
+// One SIMD register of the target: 64 bytes with AVX-512, 32 with AVX / AVX2, else 16
+// (SSE, NEON). Kernels size their register blocks from VL and REGISTERS.
+#if defined(__AVX512F__)
+constexpr int VECTOR_BYTES = 64, REGISTERS = 32;
+#elif defined(__AVX__)
+constexpr int VECTOR_BYTES = 32, REGISTERS = 16;
+#elif defined(__aarch64__)
+constexpr int VECTOR_BYTES = 16, REGISTERS = 32;
+#else
+constexpr int VECTOR_BYTES = 16, REGISTERS = 16;
+#endif
+
 template <typename T>
 struct Simd;
 template <>
 struct Simd<float> {
-    static constexpr int VL = 16;
-    typedef float vec __attribute__((vector_size(64)));
-    typedef float uvec __attribute__((vector_size(64), aligned(4)));
-    typedef int32_t ivec __attribute__((vector_size(64)));
+    static constexpr int VL = VECTOR_BYTES / 4;
+    typedef float vec __attribute__((vector_size(VECTOR_BYTES)));
+    typedef float uvec __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
+    typedef int32_t ivec __attribute__((vector_size(VECTOR_BYTES)));
     static constexpr float lo = -87.0f, magic = 12582912.0f;  // 1.5 * 2^23
     static constexpr int shift = 23, bias = 127;
 };
 template <>
 struct Simd<double> {
-    static constexpr int VL = 8;
-    typedef double vec __attribute__((vector_size(64)));
-    typedef double uvec __attribute__((vector_size(64), aligned(8)));
-    typedef int64_t ivec __attribute__((vector_size(64)));
+    static constexpr int VL = VECTOR_BYTES / 8;
+    typedef double vec __attribute__((vector_size(VECTOR_BYTES)));
+    typedef double uvec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
+    typedef int64_t ivec __attribute__((vector_size(VECTOR_BYTES)));
     static constexpr double lo = -708.0, magic = 6755399441055744.0;  // 1.5 * 2^52
     static constexpr int shift = 52, bias = 1023;
 };
@@ -53,7 +65,7 @@ struct Ops {
         vec n = (x * log2e + S::magic) - S::magic;
         vec r = x - n * ln2_hi - n * ln2_lo;
         vec p;
-        if constexpr (VL == 8) {
+        if constexpr (sizeof(T) == 8) {
             p = splat(1.0 / 479001600);
             const T c[] = {1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880, 1.0 / 40320,
                            1.0 / 5040,     1.0 / 720,     1.0 / 120,    1.0 / 24,
@@ -134,11 +146,10 @@ struct Ops {
     }
 
     // Transposes VL x VL values in registers: x[i][l] <-> x[l][i].
+    template <int H = VL / 2>
     static inline void transpose_block(vec* x) {
-        if constexpr (VL == 16) transpose_stage<8>(x);
-        transpose_stage<4>(x);
-        transpose_stage<2>(x);
-        transpose_stage<1>(x);
+        transpose_stage<H>(x);
+        if constexpr (H > 1) transpose_block<H / 2>(x);
     }
 
     // out[d, t] = x[t, d] for x [n, e] and out [e, np], VL tokens at a time (the last
