@@ -156,7 +156,7 @@ def test_value_head_dim_may_differ_from_query_head_dim():
 def test_tiled_path_with_merged_padded_tiles(monkeypatch, pattern, shape, tile):
     # Normally tiles of different sizes run as separate parts; past MAX_PARTS they are
     # merged into one padded part. Force the merged path and check it too.
-    from ndformer.kernels import tiling
+    from ndformer.kernels import tiled as tiling
 
     monkeypatch.setattr(tiling, "MAX_PARTS", 1)
     tiling.local_plan.cache_clear()
@@ -188,7 +188,7 @@ def test_plans_built_in_inference_mode_still_train(pattern):
 def test_regular_partitions_take_the_block_path_and_match_dense(data):
     """Windows that divide the grid (contiguous, or MaxViT-style dilated residue classes)
     are reordered by views instead of gathers; values and gradients still equal dense."""
-    from ndformer.kernels import tiling
+    from ndformer.kernels import tiled as tiling
 
     ndim = data.draw(st.integers(1, 4), label="ndim")
     tiles = data.draw(st.tuples(*[st.integers(1, 3)] * ndim), label="tiles")
@@ -210,7 +210,7 @@ def test_regular_partitions_take_the_block_path_and_match_dense(data):
 
 
 def test_irregular_tilings_keep_the_gather_path():
-    from ndformer.kernels import tiling
+    from ndformer.kernels import tiled as tiling
 
     for pattern, shape in ((Window(8), (20, 16)), (Window(4, shift=2), (8, 8)),
                            (Neighborhood(3), (8, 8))):  # fmt: skip
@@ -223,7 +223,7 @@ def test_tiled_path_in_small_chunks_matches_dense(data):
     """Masked parts run in many chunks (strided and gathered tiles sliced per chunk)."""
     from unittest import mock
 
-    from ndformer.kernels import local
+    from ndformer.kernels import tiled as local
 
     shape = data.draw(shapes(), label="shape")
     heads = data.draw(st.integers(1, 3), label="heads")
@@ -235,7 +235,7 @@ def test_tiled_path_in_small_chunks_matches_dense(data):
 
 
 def test_shifted_window_parts_are_gathered_by_strided_views():
-    from ndformer.kernels import tiling
+    from ndformer.kernels import tiled as tiling
 
     shape = (9, 10)
     rules = Window(4, shift=2).axis_rules(Grid(shape))

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ndformer import Grid, attend, pattern
+from ndformer.kernels import keysets
 from ndformer.patterns import HeadSplit, HiLo, Linear, Pooled, Routing, Summary, Window
 from strategies import shapes
 
@@ -83,12 +84,12 @@ def test_pooled_cells_keep_the_key_count_fixed_as_the_grid_grows():
     shape=shapes(),
     seed=st.integers(0, 2**31 - 1),
     feature=st.sampled_from(["elu", "relu"]),
-    chunk_bytes=st.sampled_from([Linear.CHUNK_BYTES, 1, 1000]),
+    chunk_bytes=st.sampled_from([keysets.LINEAR_CHUNK_BYTES, 1, 1000]),
 )
 def test_linear_fast_path_equals_its_definition(shape, seed, feature, chunk_bytes):
     """Also with tiny token chunks (1 and about 5 tokens here), so the chunked sums run."""
     grid = Grid(shape)
-    with mock.patch.object(Linear, "CHUNK_BYTES", chunk_bytes):
+    with mock.patch.object(keysets, "LINEAR_CHUNK_BYTES", chunk_bytes):
         assert_fast_equals_reference(Linear(feature), grid, heads=2, seed=seed)
 
 

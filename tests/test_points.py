@@ -298,7 +298,7 @@ def test_errors_on_points():
     for pattern in (Summary(2, 2), Linear()):
         with pytest.raises(ValueError, match="is defined on grids"):
             attend(q, k, v, pattern, points)
-    with pytest.raises(ValueError, match="backend 'tiled' works on grids"):
+    with pytest.raises(ValueError, match="backend='tiled' works on grids"):
         attend(q, k, v, Window(2), points, backend="tiled")
     with pytest.raises(ValueError, match=r"coords must be >= 0; axis 1 has minimum -2"):
         Points(torch.tensor([[0, 0], [1, -2]]))

@@ -10,6 +10,7 @@ The public API:
 """
 
 from . import patterns
+from ._version import __version__
 from .attend import attend
 from .curves import serialize
 from .layers import Attention, Block, DropPath, Mlp
@@ -20,8 +21,6 @@ from .point_tokens import PointTokenizer, PointTokens
 from .position import RoPE
 from .tokens import PatchEmbed, patchify, unpatchify
 from .train import load
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "Attention",

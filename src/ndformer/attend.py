@@ -1,4 +1,4 @@
-"""``attend``: attention under a pattern, dispatched to the fastest exact kernel."""
+"""``attend``: attention under a pattern, dispatched to the fastest exact backend."""
 
 from __future__ import annotations
 
@@ -6,27 +6,28 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
+from . import backends
 from ._checks import check_per_axis, needs_grad, per_axis
-from .kernels import (
-    block_sparse_attention,
-    block_sparse_plan,
-    local_plan,
-    reference_attention,
-    tiled_attention,
-)
-from .kernels.flex import flex_attention
-from .kernels.groups import group_attention, scene_attention
-from .kernels.native import native_attention, native_usable
+from .backends import Call
 from .layout import Grid, Points, as_layout
-from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
+from .patterns import HeadSplit, Pattern
 from .patterns import pattern as parse_pattern
-from .patterns.axis import AllRule
-from .patterns.sorted import SortedGroups, as_points
 
-Backend = Literal["auto", "reference", "tiled", "blocksparse", "flex", "native"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "tiled", "blocksparse", "flex", "native")
+BackendName = Literal[
+    "auto",
+    "keyset",
+    "sdpa",
+    "native",
+    "groups",
+    "scenes",
+    "tiled",
+    "flex",
+    "blocksparse",
+    "reference",
+]
+#: Every name ``attend(backend=...)`` takes: ``"auto"`` and the backends of ``backends.py``.
+BACKENDS: tuple[str, ...] = backends.NAMES
 
 #: Default number of query tokens in one N-D tile (about 64**(1/ndim) per axis):
 #: 8x8 in 2-D, 4x4x4 in 3-D. Chosen from timings of tile sizes 2..16 (neighborhood(7)
@@ -59,22 +60,6 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
         )
 
 
-def _native(q, k, v, pattern: Pattern, layout, scale: float) -> torch.Tensor:
-    """backend='native': the native kernels, or a clear error saying why they cannot run."""
-    if isinstance(layout, Points) or not isinstance(pattern, Separable):
-        raise ValueError(
-            f"backend='native' runs separable patterns (windows, neighborhoods, stripes,"
-            f" axial) on grids; got {pattern!r} on {layout!r}; use 'auto'"
-        )
-    reason = native_usable(q, needs_grad(q, k, v))
-    if reason is not None:
-        raise ValueError(f"backend='native' cannot run here: {reason}; use 'auto'")
-    out = native_attention(q, k, v, pattern.axis_rules(layout), layout.shape, scale, force=True)
-    if out is None:
-        raise ValueError(f"backend='native': {pattern!r} has too many keys per query; use 'auto'")
-    return out
-
-
 def _tile(tile: int | tuple[int, ...] | None, layout: Grid) -> tuple[int, ...]:
     """Query tile length per axis: the given sizes, else about TILE_TOKENS tokens in all."""
     if tile is None:
@@ -91,7 +76,7 @@ def attend(
     layout: Grid | Points | tuple[int, ...],
     *,
     scale: float | None = None,
-    backend: Backend = "auto",
+    backend: BackendName = "auto",
     tile: int | tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """Attention of q over k, v restricted to the pairs ``pattern`` allows on ``layout``.
@@ -103,18 +88,17 @@ def attend(
         layout: a ``Grid`` (or its shape) or sparse ``Points`` with ``num_tokens == N``;
             on points, attention never crosses scenes.
         scale: logit scale, default ``1 / sqrt(head_dim)``.
-        backend: ``"auto"`` picks the fast path; ``"tiled"`` (query tiles + key halos
-            through SDPA; local separable patterns), ``"blocksparse"`` (any pattern) or
-            ``"reference"`` (dense mask: N x N memory, for tests and debugging) or
-            ``"flex"`` (PyTorch's compiled FlexAttention for mask patterns on grids:
-            fast on CUDA; inference only on CPU; needs a compiler for ``torch.compile``)
-            or ``"native"`` (ndformer's compiled CPU kernels for local separable
-            patterns, float32/float64, inference only; ``"auto"`` uses them there).
-        tile: query tile size per axis (int or tuple) for the fast paths; a tuning
-            knob that never changes the result.
+        backend: ``"auto"`` takes, per call, the first backend of
+            ``backends.AUTO_ORDER`` for the inputs' device that supports the call; a
+            backend name (``"native"``, ``"tiled"``, ``"blocksparse"``, ``"flex"``,
+            ``"reference"``, ...; see ``backends.BACKENDS``) runs that one or raises a
+            ``ValueError`` with the reason it cannot.
+        tile: query tile size per axis (int or tuple) for the tiled and block-sparse
+            paths; a tuning knob that never changes the result.
 
     Returns [B, heads, N, head_dim_v], equal to
-    ``F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.mask(layout, heads))``.
+    ``F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.mask(layout, heads))``
+    (for patterns over new keys: to ``pattern.reference``).
     """
     layout = as_layout(layout)
     pattern = parse_pattern(pattern)
@@ -122,73 +106,28 @@ def attend(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     pattern.check(layout)
-    tiles = _tile(tile, layout)
+    tiles = _tile(tile, layout) if isinstance(layout, Grid) else ()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    call = Call(pattern, layout, q.device, q.dtype, q.shape[1], q.shape[-1], needs_grad(q, k, v))
+    return _dispatch(q, k, v, call, scale, tiles, backend)
 
-    if isinstance(pattern, KeySetPattern):
-        if backend == "reference":
-            return pattern.reference(q, k, v, layout, scale)
-        if backend != "auto":
-            raise ValueError(
-                f"{pattern!r} is not a mask pattern: use backend 'auto' or 'reference'"
-            )
-        return pattern.fast(q, k, v, layout, scale)
-    if backend == "flex" and pattern.is_mask:
-        if isinstance(layout, Points):
-            raise ValueError(f"backend='flex' works on grids; on {layout!r} use 'auto'")
-        return flex_attention(q, k, v, pattern, layout, scale)
-    if isinstance(pattern, HeadSplit) and (
-        backend in ("auto", "tiled", "native") or not pattern.is_mask
-    ):
-        outputs = []
-        for part, (start, stop) in zip(
-            pattern.patterns, pattern.head_groups(q.shape[1]), strict=True
-        ):
-            if stop > start:
-                heads = slice(start, stop)
-                outputs.append(
-                    attend(
-                        q[:, heads],
-                        k[:, heads],
-                        v[:, heads],
-                        part,
-                        layout,
-                        scale=scale,
-                        backend=backend,
-                        tile=tile,
-                    )
-                )
-        return torch.cat(outputs, dim=1)
-    if backend == "reference":
-        return reference_attention(q, k, v, pattern, layout, scale)
-    if isinstance(layout, Points) or isinstance(pattern, SortedGroups):
-        if backend != "auto":
-            raise ValueError(
-                f"backend {backend!r} works on grids; {pattern!r} on {layout!r} takes"
-                " 'auto' (the group / scene kernels) or 'reference'"
-            )
-        points = as_points(layout)
-        groups = pattern.group_ids(points)
-        if groups is not None:
-            return group_attention(q, k, v, groups.to(q.device), scale)
-        return scene_attention(q, k, v, pattern, points, scale)
-    if backend == "native":
-        return _native(q, k, v, pattern, layout, scale)
-    if isinstance(pattern, Separable) and backend in ("auto", "tiled"):
-        rules = pattern.axis_rules(layout)
-        if backend == "auto" and all(isinstance(r, AllRule) for r in rules):
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        if all(r.local for r in rules):
-            if backend == "auto" and native_usable(q, needs_grad(q, k, v)) is None:
-                out = native_attention(q, k, v, rules, layout.shape, scale)
-                if out is not None:
-                    return out
-            plan = local_plan(rules, layout.shape, tiles, q.device)
-            return tiled_attention(q, k, v, plan, scale, layout.shape)
-    if backend == "tiled":
-        raise ValueError(
-            f"backend='tiled' needs a separable pattern with local axes (windows, stripes,"
-            f" neighborhoods); {pattern!r} is not one; use 'auto' or 'blocksparse'"
-        )
-    plan = block_sparse_plan(pattern, layout, tiles, q.shape[1], q.device)
-    return block_sparse_attention(q, k, v, plan, scale)
+
+def _dispatch(q, k, v, call: Call, scale: float, tiles: tuple, backend: str) -> torch.Tensor:
+    pattern = call.pattern
+    if backend != "auto":
+        chosen = backends.BACKENDS[backend]
+        reason = chosen.supports(call)
+        if reason is None:
+            return chosen.run(q, k, v, call, scale, tiles)
+        if not isinstance(pattern, HeadSplit):
+            raise ValueError(f"backend={backend!r} {reason}")
+    elif not isinstance(pattern, HeadSplit):
+        return backends.choose(call).run(q, k, v, call, scale, tiles)
+    outputs = []  # a HeadSplit: every head group through its own pattern's backend
+    for part, (start, stop) in zip(pattern.patterns, pattern.head_groups(q.shape[1]), strict=True):
+        if stop > start:
+            heads = slice(start, stop)
+            group = call.with_pattern(part, stop - start)
+            parts = (q[:, heads], k[:, heads], v[:, heads])
+            outputs.append(_dispatch(*parts, group, scale, tiles, backend))
+    return torch.cat(outputs, dim=1)

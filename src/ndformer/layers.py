@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_int
-from .attend import Backend, attend
+from .attend import BackendName, attend
 from .layout import Grid, Points
 from .patterns import Full, Pattern
 from .patterns import pattern as parse_pattern
@@ -37,7 +37,7 @@ class Attention(nn.Module):
         *,
         ndim: int | None = None,
         rope_base: float = 10000.0,
-        backend: Backend = "auto",
+        backend: BackendName = "auto",
         qk_dim: int | None = None,
     ) -> None:
         super().__init__()

@@ -153,7 +153,9 @@ class Points:
         return f"Points(N={self.num_tokens}, ndim={self.ndim}, scenes={self.num_scenes})"
 
 
-Layout = Grid | Points
+def as_points(layout: Grid | Points) -> Points:
+    """``layout`` itself if it is ``Points``, else every grid token as a point (one scene)."""
+    return layout if isinstance(layout, Points) else Points.from_grid(layout)
 
 
 def as_layout(layout: Grid | Points | tuple[int, ...] | list[int]) -> Grid | Points:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._index import row_major_strides
 from .layout import Grid, as_layout
 from .patterns import HeadSplit, Pattern
 from .patterns import pattern as parse_pattern
@@ -161,7 +162,7 @@ def pattern_view(
         values = counts.view(layout.shape)
     else:
         query = parse_coords(query, layout)
-        index = sum(c * math.prod(layout.shape[a + 1 :]) for a, c in enumerate(query))
+        index = sum(c * s for c, s in zip(query, row_major_strides(layout.shape), strict=True))
         rows = pattern.effective_rows(layout, torch.tensor([index]), heads)
         values = rows[head if rows.shape[0] > 1 else 0, 0].view(layout.shape)
     return PatternView(pattern, layout, head, heads, query, values, counts)

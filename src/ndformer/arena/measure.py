@@ -22,7 +22,7 @@ from ..bench.measure import PeakMemory, pairs_per_head
 from ..layers import Attention
 from ..layout import Grid, Points
 from ..models import NdModel
-from ..point_tokens import PointBatch
+from ..point_batch import PointBatch
 from ..tasks.points import IGNORE
 from ..train import TrainConfig, build_for, fit, resolve_data
 from ..train.loop import Data, batch_indices, make_batch, num_samples

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..kernels.native import native_status
 from .runner import Row, sweep_exponents
 

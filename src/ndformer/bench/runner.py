@@ -11,8 +11,8 @@ import torch
 
 from .._checks import check_int
 from .._io import run_json_worker
+from ..backends import Call, unsupported
 from ..layout import Grid
-from ..patterns import HeadSplit, Separable
 from ..patterns import pattern as parse_pattern
 from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
 
@@ -142,26 +142,38 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
         if not config.sweep:
             cases.append(Case(pattern=config.patterns[0], reference=DENSE_MASKED, **where))
         cases += [
-            Case(pattern=p, reference=None, **{**where, "backend": _backend(p, config.backend)})
+            Case(
+                pattern=p,
+                reference=None,
+                **{**where, "backend": _backend(p, config, shape, points)},
+            )
             for p in config.patterns
         ]
         rows += [_admit(case, config, peak_gflops) for case in cases]
     return rows
 
 
-def _backend(spec: str, backend: str) -> str:
-    """Patterns that are not masks (pooled, linear, ...) keep their own fast path, and so do
-    those the native kernel does not run (unions, sorted groups)."""
-    pattern = parse_pattern(spec)
-    if not pattern.is_mask or (backend == "native" and not _native_runs(pattern)):
+def _backend(spec: str, config: BenchConfig, shape: tuple[int, ...], points: bool) -> str:
+    """``config.backend`` where it runs the pattern; patterns it cannot take (those over new
+    keys, unions for the native kernels, ...) keep ``auto``'s choice. The backends' own
+    capability checks decide (``ndformer.backends``)."""
+    if config.backend == "auto" or points:
         return "auto"
-    return backend
-
-
-def _native_runs(pattern) -> bool:
-    if isinstance(pattern, HeadSplit):
-        return all(_native_runs(p) for p in pattern.patterns)
-    return isinstance(pattern, Separable)
+    pattern = parse_pattern(spec)
+    call = Call(
+        pattern,
+        Grid(shape),
+        torch.device(config.device),
+        DTYPES[config.dtype],
+        config.heads,
+        config.head_dim,
+        needs_grad=config.backward,
+    )
+    try:
+        pattern.check(call.layout)
+    except ValueError:
+        return config.backend  # _admit turns the pattern's own error into a note
+    return config.backend if unsupported(config.backend, call) is None else "auto"
 
 
 def _admit(case: Case, config: BenchConfig, peak_gflops: float) -> Row:

@@ -2,9 +2,8 @@
 
 from .blocksparse import block_sparse_attention, block_sparse_plan
 from .geometry import tile_geometry
-from .local import tiled_attention
 from .reference import reference_attention
-from .tiling import local_plan
+from .tiled import local_plan, tiled_attention
 
 __all__ = [
     "block_sparse_attention",

@@ -1,9 +1,9 @@
 """Generic tiled block-sparse attention for any pattern (exact, O(N * tile) memory).
 
 The grid is cut into N-D box tiles. For every query tile the pattern lists the
-key tiles holding at least one allowed pair (``Pattern.block_any``, computed
+key tiles holding at least one allowed pair (``geometry.block_any``, computed
 from small per-axis tables, never N x N). Attention then runs over those tile
-pairs with an exact in-tile mask (``Pattern.tile_mask``) and an online
+pairs with an exact in-tile mask (``geometry.tile_mask``) and an online
 softmax, a few key tiles at a time. The backward pass recomputes the scores
 from the saved log-sum-exp (as flash attention does), so neither pass keeps
 anything larger than the current chunk of scores, [B, heads, N, chunk keys].
@@ -18,7 +18,7 @@ import torch
 from .._cache import plan_cache
 from ..layout import Grid
 from ..patterns import Pattern
-from .geometry import TileGeometry, tile_geometry
+from .geometry import TileGeometry, block_any, tile_geometry, tile_mask
 
 #: Key columns processed per step (chunk of key tiles); bounds the score memory.
 KEYS_PER_STEP = 256
@@ -44,8 +44,8 @@ class BlockSparsePlan:
         key_tiles = self.key_tiles[:, start:stop]
         tiles, count = key_tiles.shape
         query_tiles = torch.arange(tiles, device=key_tiles.device)[:, None].expand(tiles, count)
-        mask = self.pattern.tile_mask(
-            self.geometry, query_tiles.flatten(), key_tiles.flatten(), self.heads
+        mask = tile_mask(
+            self.pattern, self.geometry, query_tiles.flatten(), key_tiles.flatten(), self.heads
         )
         mask = mask & self.key_real[:, start:stop].flatten()[None, :, None, None]
         t = self.geometry.tile_tokens
@@ -58,7 +58,7 @@ def block_sparse_plan(
     pattern: Pattern, layout: Grid, tile: tuple[int, ...], heads: int, device: torch.device
 ) -> BlockSparsePlan:
     geometry = tile_geometry(layout, tile, device)
-    active = pattern.block_any(geometry)
+    active = block_any(pattern, geometry)
     counts = active.sum(dim=1)
     slots = max(int(counts.max()), 1)
     # Active key tiles first, in tile order; the remaining slots are padding.

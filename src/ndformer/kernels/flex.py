@@ -15,13 +15,13 @@ and needs a C++ compiler for ``torch.compile``. ``attend`` never depends on it.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import torch
 
 from .._cache import plan_cache
 from .._checks import needs_grad
+from .._index import row_major_strides
 from ..layout import Grid
 from ..patterns import HeadSplit, Pattern, Separable
 from ..patterns.axis import relation
@@ -42,6 +42,35 @@ def flex_available() -> bool:
     return True
 
 
+def _takes(pattern: Pattern) -> bool:
+    if isinstance(pattern, Separable):
+        return True
+    if isinstance(pattern, Union | Intersection):
+        return all(_takes(p) for p in pattern.parts)
+    return isinstance(pattern, HeadSplit) and all(_takes(p) for p in pattern.patterns)
+
+
+def flex_unavailable(
+    pattern: Pattern, device: torch.device, dtype: torch.dtype, needs_grad: bool
+) -> str | None:
+    """None if FlexAttention can run ``pattern`` here, else the reason."""
+    if not flex_available():
+        return f"needs FlexAttention, which this torch ({torch.__version__}) lacks"
+    if not _takes(pattern):
+        return (
+            "takes separable mask patterns (windows, neighborhoods, stripes, causal), their"
+            f" unions / intersections and head splits; {pattern!r} is not one"
+        )
+    if device.type == "cpu" and needs_grad:
+        return (
+            "runs inference only on CPU (FlexAttention has no CPU backward); use"
+            " backend='auto' to train, or call under torch.no_grad()"
+        )
+    if device.type == "cpu" and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"on CPU takes float32, bfloat16 or float16 inputs; got {dtype}"
+    return None
+
+
 def mask_mod(pattern: Pattern, grid: Grid, heads: int, device: torch.device) -> MaskMod:
     """``f(b, h, q_idx, kv_idx) -> bool``, True iff ``pattern`` lets query q_idx attend key
     kv_idx on ``grid`` (tokens row-major); broadcasts over tensor arguments like
@@ -49,7 +78,7 @@ def mask_mod(pattern: Pattern, grid: Grid, heads: int, device: torch.device) -> 
     if isinstance(pattern, Separable):
         rules = pattern.axis_rules(grid)
         tables = [relation(r, n).to(device) for r, n in zip(rules, grid.shape, strict=True)]
-        strides = [math.prod(grid.shape[a + 1 :]) for a in range(grid.ndim)]
+        strides = row_major_strides(grid.shape)
 
         def separable(b, h, q_idx, kv_idx):
             allowed = None
@@ -155,17 +184,9 @@ def flex_attention(
 ) -> torch.Tensor:
     """q, k [B, heads, N, E], v [B, heads, N, Ev] -> [B, heads, N, Ev] through compiled
     FlexAttention (compiled once per shape by ``torch.compile``; block masks cached)."""
-    if not flex_available():
-        raise ValueError(f"backend='flex' needs FlexAttention (torch {torch.__version__} has none)")
-    if q.device.type == "cpu" and needs_grad(q, k, v):
-        raise ValueError(
-            "backend='flex' runs inference only on CPU (FlexAttention has no CPU backward);"
-            " use backend='auto' to train, or call under torch.no_grad()"
-        )
-    if q.device.type == "cpu" and q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(
-            f"backend='flex' on CPU takes float32, bfloat16 or float16 inputs; got {q.dtype}"
-        )
+    reason = flex_unavailable(pattern, q.device, q.dtype, needs_grad(q, k, v))
+    if reason is not None:
+        raise ValueError(f"backend='flex' {reason}")
     mask = flex_plan(pattern, grid.shape, q.shape[1], q.device)
     try:
         return _compiled()(q, k, v, block_mask=mask, scale=scale)

@@ -1,55 +1,28 @@
-"""N-D helpers shared by the tilings, and the box tiling of the block-sparse kernel.
+"""The box tiling of the block-sparse kernel: which tile pairs a pattern touches, and
+the exact mask inside a tile pair.
 
-Everything here is N-D by construction: per-axis pieces (a few small 1-D
-tables) are combined across axes with ``axis_outer``, so no code path is
-written for a particular number of dimensions and no N x N tensor is built.
+Everything here is N-D by construction: per-axis pieces (a few small 1-D tables) are
+combined across axes with ``axis_outer``, so no code path is written for a particular
+number of dimensions and no N x N tensor is built. ``block_any`` and ``tile_mask``
+read a pattern's definition (its per-axis rules, how its parts combine); the patterns
+themselves know nothing of tiles.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .._cache import plan_cache
+from .._index import axis_outer, flat_index
 from ..layout import Grid
+from ..patterns import HeadSplit, Intersection, Pattern, Separable, Union
 from ..patterns.axis import AxisRule
-
-
-def axis_outer(
-    parts: Sequence[torch.Tensor],
-    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    lead: int = 0,
-) -> torch.Tensor:
-    """Combine one tensor per axis into their outer product under ``op``.
-
-    ``parts[a]`` has shape ``[*lead_dims, d_a^1, ..., d_a^k]``; the result has shape
-    ``[*lead_dims, prod_a d_a^1, ..., prod_a d_a^k]`` where each product dimension is
-    flattened row-major over axes (axis 0 slowest), i.e. the token order of a grid.
-    ``lead_dims`` are shared (broadcast), not combined.
-    """
-    n = len(parts)
-    k = parts[0].dim() - lead
-    result = None
-    for axis, part in enumerate(parts):
-        shape = list(part.shape[:lead]) + [1] * (n * k)
-        for j in range(k):
-            shape[lead + j * n + axis] = part.shape[lead + j]
-        view = part.reshape(shape)
-        result = view if result is None else op(result, view)
-    lead_shape = list(result.shape[:lead])
-    sizes = [math.prod(p.shape[lead + j] for p in parts) for j in range(k)]
-    full = lead_shape + [p.shape[lead + j] for j in range(k) for p in parts]
-    return result.expand(full).reshape(lead_shape + sizes)
-
-
-def flat_index(per_axis: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
-    """Row-major token index from per-axis coordinate tensors combined by ``axis_outer``."""
-    strides = [math.prod(shape[a + 1 :]) for a in range(len(shape))]
-    return axis_outer([c * s for c, s in zip(per_axis, strides, strict=True)], operator.add)
 
 
 def row_of_token(gather_index: torch.Tensor, real: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -139,3 +112,38 @@ def tile_geometry(layout: Grid, tile: tuple[int, ...], device: torch.device) -> 
         num_tiles=math.prod(blocks),
         tile_tokens=math.prod(tile),
     )
+
+
+def block_any(pattern: Pattern, geometry: TileGeometry) -> torch.Tensor:
+    """Bool [num_tiles, num_tiles]: does query tile i have any allowed key in key tile j?
+
+    Exact for separable patterns and unions; an intersection's AND of its parts' maps can
+    over-approximate (a True with no allowed pair only costs time); never misses a pair.
+    """
+    if isinstance(pattern, Separable):
+        return geometry.block_any(pattern.axis_rules(geometry.layout))
+    if isinstance(pattern, Union | Intersection):
+        return pattern.fold([block_any(p, geometry) for p in pattern.parts])
+    if isinstance(pattern, HeadSplit):
+        return functools.reduce(operator.or_, [block_any(p, geometry) for p in pattern.patterns])
+    raise ValueError(f"the block-sparse kernel takes mask patterns; {pattern!r} is not one")
+
+
+def tile_mask(
+    pattern: Pattern,
+    geometry: TileGeometry,
+    q_tiles: torch.Tensor,
+    k_tiles: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """Exact mask between query tile ``q_tiles[m]`` and key tile ``k_tiles[m]``: bool
+    [1 or heads, M, tile_tokens, tile_tokens]; padding keys are False."""
+    if isinstance(pattern, Separable):
+        rules = pattern.axis_rules(geometry.layout)
+        return geometry.tile_mask(rules, q_tiles, k_tiles).unsqueeze(0)
+    if isinstance(pattern, Union | Intersection):
+        parts = [tile_mask(p, geometry, q_tiles, k_tiles, heads) for p in pattern.parts]
+        return pattern.fold(parts)
+    if isinstance(pattern, HeadSplit):
+        return pattern.stack_heads(heads, lambda p, h: tile_mask(p, geometry, q_tiles, k_tiles, h))
+    raise ValueError(f"the block-sparse kernel takes mask patterns; {pattern!r} is not one")

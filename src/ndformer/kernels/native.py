@@ -46,6 +46,7 @@ import torch
 
 from .._cache import cache_root
 from ..patterns.axis import AxisRule, NeighborhoodRule
+from . import lane_plans
 from .lane_plans import (
     BCAST,
     GATHER,
@@ -158,46 +159,76 @@ def native_lanes(dtype: torch.dtype) -> int:
     return getattr(lib, f"ndf_lanes_vl_{DTYPES[dtype]}")()
 
 
-def native_usable(q: torch.Tensor, needs_grad: bool) -> str | None:
-    """None if the native kernel can run q's attention, else the reason it cannot."""
-    if q.device.type != "cpu":
-        return f"it runs on CPU; q is on {q.device}"
-    if q.dtype not in DTYPES:
-        return f"it takes float32 or float64; q is {q.dtype}"
+def native_unavailable(device: torch.device, dtype: torch.dtype, needs_grad: bool) -> str | None:
+    """None if the native kernels can run on ``device`` in ``dtype``, else the reason."""
+    if device.type != "cpu":
+        return f"runs on CPU; the inputs are on {device}"
+    if dtype not in DTYPES:
+        return f"takes float32 or float64; the inputs are {dtype}"
     if needs_grad:
-        return "it is inference-only (no autograd); training uses the tiled path"
+        return "is inference-only (no autograd); training uses the tiled path"
     if _library().lib is None:
         return _library().reason
     return None
 
 
-def native_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rules: list[AxisRule] | tuple[AxisRule, ...],
-    shape: tuple[int, ...],
-    scale: float,
-    *,
-    force: bool = False,
-) -> torch.Tensor | None:
-    """Attention of a separable pattern (per-axis ``rules``) on a grid of ``shape`` through
-    the native kernels (``native_usable`` must have said yes): the shared-keys kernel when
-    every query tile shares its keys (windows, stripes, axial), else the lane kernel for
-    neighborhoods (or any pattern when ``force``). None when ``auto`` should keep the
-    tiled path (or, with ``force``, when the plan would be too large)."""
+@dataclass(frozen=True)
+class NativePlan:
+    """What the native kernels run for one (pattern rules, grid shape, dtype): the shared-keys
+    plan when every query tile shares its keys (windows, stripes, axial), else the lane plan
+    with its stacked regrouping (neighborhoods, or any separable pattern)."""
+
+    shared: SharedPlan | None
+    lanes: LanePlan | None
+    stack: StackPlan | None
+    #: Neighborhood rules on some axis (the lane kernel is the fast path for those).
+    neighborhood: bool
+
+    @property
+    def kernel(self) -> str:
+        return "shared" if self.shared is not None else "lanes"
+
+
+def native_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], dtype: torch.dtype):
+    """The native plan of a separable pattern (per-axis ``rules``) on a grid of ``shape``,
+    or the reason there is none (a ``str``): the one place that decides shared vs lanes vs
+    stacked. Needs the library (``native_unavailable`` is None)."""
     rules = tuple(rules)
-    vl = native_lanes(q.dtype)
+    vl = native_lanes(dtype)
     shared = shared_plan(rules, shape, vl)
+    neighborhood = any(isinstance(r, NeighborhoodRule) for r in rules)
     if shared is not None:
-        return shared_attention(q, k, v, shared, scale)
+        return NativePlan(shared, None, None, neighborhood)
     plan = lane_plan(rules, shape, vl)
     if plan is None:
+        return (
+            f"has too many keys per query for this pattern (its plan would exceed"
+            f" {lane_plans.MAX_SLOTS} keys per query or {lane_plans.MAX_PLAN_ENTRIES} tile slots)"
+        )
+    return NativePlan(None, plan, stack_plan(rules, shape, vl), neighborhood)
+
+
+def native_declines(plan: NativePlan) -> str | None:
+    """Why ``auto`` should leave a pattern the native kernels can run to the tiled path
+    (None: it should not): lane plans of patterns other than neighborhoods, or with more
+    than ``MAX_GATHERED`` of their slots gathered per lane, are faster tiled."""
+    if plan.shared is not None:
         return None
-    neighborhood = any(isinstance(r, NeighborhoodRule) for r in rules)
-    if force or (neighborhood and plan.gathered <= MAX_GATHERED):
-        return lane_attention(q, k, v, plan, scale, stack_plan(rules, shape, vl))
+    if not plan.neighborhood:
+        return "keeps its lane kernel for neighborhoods; this pattern runs faster tiled"
+    if plan.lanes.gathered > MAX_GATHERED:
+        return (
+            f"would gather {100 * plan.lanes.gathered:.0f}% of the key slots lane by lane"
+            f" (more than {100 * MAX_GATHERED:.0f}%): the tiled path is faster"
+        )
     return None
+
+
+def native_attention(q, k, v, plan: NativePlan, scale: float) -> torch.Tensor:
+    """q, k [B, heads, N, E], v [B, heads, N, Ev] -> [B, heads, N, Ev] through ``plan``."""
+    if plan.shared is not None:
+        return shared_attention(q, k, v, plan.shared, scale)
+    return lane_attention(q, k, v, plan.lanes, scale, plan.stack)
 
 
 def shared_attention(
@@ -297,14 +328,17 @@ __all__ = [
     "SHIFT",
     "SKIP",
     "LanePlan",
+    "NativePlan",
     "SharedPlan",
     "StackPlan",
     "lane_attention",
     "lane_plan",
     "native_attention",
+    "native_declines",
     "native_lanes",
+    "native_plan",
     "native_status",
-    "native_usable",
+    "native_unavailable",
     "shared_attention",
     "shared_plan",
     "stack_plan",

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..layers import Block
-from ..point_tokens import PointBatch, PointTokenizer
+from ..point_batch import PointBatch
+from ..point_tokens import PointTokenizer
 from .config import ModelConfig
 from .nets import HierarchicalNet, NdModel, _cycled
 

@@ -2,24 +2,22 @@
 
 A pattern says which keys each query may attend to. Its *reference* is the
 bool mask returned by ``mask(layout, heads)``; fast paths in
-``ndformer.kernels`` must reproduce attention under that mask exactly.
+``ndformer.kernels`` must reproduce attention under that mask exactly. Patterns hold
+semantics only: nothing here knows how a kernel tiles the grid.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from .._index import axis_outer, partition_ids
 from ..layout import Grid, Points
 from .axis import AllRule, AxisRule, PartitionRule, relation
-
-if TYPE_CHECKING:
-    from ..kernels.geometry import TileGeometry
 
 #: name used in spec strings -> constructor (a class or a function returning a pattern)
 REGISTRY: dict[str, Callable[..., Pattern]] = {}
@@ -33,20 +31,6 @@ def register(name: str) -> Callable[[Any], Any]:
         return factory
 
     return add
-
-
-def partition_ids(columns: torch.Tensor) -> torch.Tensor:
-    """Ids [N] numbering the distinct rows of integer ``columns`` [N, c] (equal rows, equal
-    ids). Packs the rows into one int64 key when their ranges fit 63 bits (a 1-D unique
-    is much faster than a row-wise one), else falls back to ``unique(dim=0)``."""
-    shifted = columns - columns.min(0).values
-    spans = (shifted.max(0).values + 1).tolist()
-    if math.prod(spans) < 2**63:
-        key = torch.zeros(len(columns), dtype=torch.long, device=columns.device)
-        for axis, span in enumerate(spans):
-            key = key * span + shifted[:, axis]
-        return torch.unique(key, return_inverse=True)[1]
-    return torch.unique(columns, dim=0, return_inverse=True)[1]
 
 
 def list_patterns() -> list[str]:
@@ -122,24 +106,6 @@ class Pattern:
         """Forward FLOPs of one sample if they are not 4 * pairs * head_dim (else None)."""
         return None
 
-    # -- tiled geometry for the generic block-sparse kernel ------------------
-    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
-        """Bool [num_tiles, num_tiles]: does query tile i have any allowed key in key tile j?
-
-        May over-approximate (a True with no allowed pair only costs time); must
-        never miss an allowed pair.
-        """
-        raise NotImplementedError
-
-    def tile_mask(
-        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
-    ) -> torch.Tensor:
-        """Exact mask between query tile ``q_tiles[m]`` and key tile ``k_tiles[m]``.
-
-        Returns bool [1 or heads, M, tile_tokens, tile_tokens]; padding keys are False.
-        """
-        raise NotImplementedError
-
     # -- composition ---------------------------------------------------------
     def __or__(self, other: Pattern) -> Pattern:
         from .compose import Union
@@ -195,16 +161,6 @@ class Separable(Pattern):
         if isinstance(layout, Points):
             return super().key_counts(layout, heads, rows_per_step)
         # Separable: a query's key count is the product of its per-axis counts.
-        from ..kernels.geometry import axis_outer
-
         rules = self.axis_rules(layout)
         counts = [relation(r, n).sum(-1) for r, n in zip(rules, layout.shape, strict=True)]
         return axis_outer(counts, operator.mul).unsqueeze(0)
-
-    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
-        return geometry.block_any(self.axis_rules(geometry.layout))
-
-    def tile_mask(
-        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
-    ) -> torch.Tensor:
-        return geometry.tile_mask(self.axis_rules(geometry.layout), q_tiles, k_tiles).unsqueeze(0)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .._checks import check_int
+from .._index import partition_ids
 from ..layout import Grid, Points
-from .base import Pattern, format_call, partition_ids, register
-
-if TYPE_CHECKING:
-    from ..kernels.geometry import TileGeometry
+from .base import Pattern, format_call, register
 
 
 def _check_parts(kind: str, parts: tuple, minimum: int) -> tuple[Pattern, ...]:
@@ -55,14 +52,15 @@ class _Combination(Pattern):
         for p in self.parts:
             p.check(layout)
 
-    def _fold(self, masks: list[torch.Tensor]) -> torch.Tensor:
+    def fold(self, masks: list[torch.Tensor]) -> torch.Tensor:
+        """Combine the parts' bool masks (one per part, broadcastable) with ``combine``."""
         result = masks[0]
         for m in masks[1:]:
             result = self.combine(result, m)
         return result
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
-        return self._fold([p.mask_rows(layout, queries, heads) for p in self.parts])
+        return self.fold([p.mask_rows(layout, queries, heads) for p in self.parts])
 
     def group_ids(self, layout: Points) -> torch.Tensor | None:
         # Only an intersection of partitions is a partition (the pairs of ids).
@@ -72,14 +70,6 @@ class _Combination(Pattern):
         if any(i is None for i in ids):
             return None
         return partition_ids(torch.stack(ids, 1))
-
-    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
-        return self._fold([p.block_any(geometry) for p in self.parts])
-
-    def tile_mask(
-        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
-    ) -> torch.Tensor:
-        return self._fold([p.tile_mask(geometry, q_tiles, k_tiles, heads) for p in self.parts])
 
 
 @register("union")
@@ -98,11 +88,7 @@ class Union(_Combination):
 @register("intersection")
 @dataclass(frozen=True, repr=False, init=False)
 class Intersection(_Combination):
-    """Attend iff every part allows the pair (``a & b``): e.g. causal neighborhood in time.
-
-    ``block_any`` is the AND of the parts' block maps, which can over-approximate;
-    the tile masks are exact.
-    """
+    """Attend iff every part allows the pair (``a & b``): e.g. causal neighborhood in time."""
 
     @staticmethod
     def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -168,7 +154,9 @@ class HeadSplit(Pattern):
         for p in self.patterns:
             p.check(layout)
 
-    def _stack(self, heads: int, part_mask) -> torch.Tensor:
+    def stack_heads(self, heads: int, part_mask) -> torch.Tensor:
+        """``part_mask(pattern, group_heads)`` -> [1 or group_heads, ...] for every non-empty
+        head group, expanded and stacked to [heads, ...]."""
         pieces = []
         for pattern, (start, stop) in zip(self.patterns, self.head_groups(heads), strict=True):
             if stop > start:
@@ -177,25 +165,14 @@ class HeadSplit(Pattern):
         return torch.cat(pieces, dim=0)
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
-        return self._stack(heads, lambda p, h: p.mask_rows(layout, queries, h))
+        return self.stack_heads(heads, lambda p, h: p.mask_rows(layout, queries, h))
 
     def effective_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
-        return self._stack(heads, lambda p, h: p.effective_rows(layout, queries, h))
+        return self.stack_heads(heads, lambda p, h: p.effective_rows(layout, queries, h))
 
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
         # Each head group counts with its own pattern (O(N) for separable parts).
-        return self._stack(heads, lambda p, h: p.key_counts(layout, h, rows_per_step))
-
-    def block_any(self, geometry: TileGeometry) -> torch.Tensor:
-        result = self.patterns[0].block_any(geometry)
-        for p in self.patterns[1:]:
-            result = result | p.block_any(geometry)
-        return result
-
-    def tile_mask(
-        self, geometry: TileGeometry, q_tiles: torch.Tensor, k_tiles: torch.Tensor, heads: int
-    ) -> torch.Tensor:
-        return self._stack(heads, lambda p, h: p.tile_mask(geometry, q_tiles, k_tiles, h))
+        return self.stack_heads(heads, lambda p, h: p.key_counts(layout, h, rows_per_step))
 
     def __repr__(self) -> str:
         kwargs = {"fractions": self.fractions} if self.fractions is not None else {}

@@ -2,7 +2,8 @@
 
 They are not masks over the grid's tokens, so ``mask()`` refuses them. Each has a
 dense ``reference`` that defines it (N x N or N x blocks memory, for tests and
-small inputs) and a ``fast`` path that ``attend`` uses; tests hold the two equal.
+small inputs); their fast paths live in ``ndformer.kernels.keysets`` and tests hold
+the two equal.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import IntOrTuple, check_per_axis, per_axis
+from .._index import row_major_strides
 from ..layout import Grid, Points
-from ..tokens import patchify, unpatchify
+from ..tokens import patchify
 from .base import Pattern, format_call, register
 from .compose import HeadSplit
 from .local import Window
@@ -50,10 +52,6 @@ class KeySetPattern(Pattern):
 
     def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
         """The definition, densely: q, k [B, h, N, E], v [B, h, N, Ev] -> [B, h, N, Ev]."""
-        raise NotImplementedError
-
-    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        """The fast path; equal to ``reference``."""
         raise NotImplementedError
 
 
@@ -131,7 +129,7 @@ class Pooled(KeySetPattern):
     def block_ids(self, layout: Grid) -> torch.Tensor:
         """[N]: the row-major index of the block each token belongs to."""
         blocks = self.blocks(layout)
-        strides = [math.prod(blocks[a + 1 :]) for a in range(layout.ndim)]
+        strides = row_major_strides(blocks)
         return (layout.coords // torch.tensor(self._sizes(layout)) * torch.tensor(strides)).sum(-1)
 
     def pooling_matrix(self, layout: Grid, dtype: torch.dtype, device) -> torch.Tensor:
@@ -162,52 +160,6 @@ class Pooled(KeySetPattern):
         ones = torch.ones(1, 1, *layout.shape, dtype=x.dtype, device=x.device)
         counts = patchify(ones, sizes).sum(-1, keepdim=True)
         return (sums / counts).reshape(b, h, -1, e)
-
-    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        if isinstance(layout, Points):
-            return self._fast_points(q, k, v, layout, scale)
-        return F.scaled_dot_product_attention(
-            q, self.pool(k, layout), self.pool(v, layout), scale=scale
-        )
-
-    def _fast_points(self, q, k, v, layout: Points, scale: float) -> torch.Tensor:
-        of_token, scene = (t.to(q.device) for t in self.point_blocks(layout))
-        count = torch.bincount(of_token).to(q.dtype)[:, None]
-
-        def pool(x: torch.Tensor) -> torch.Tensor:  # segment means, O(N) memory
-            sums = x.new_zeros(*x.shape[:2], len(count), x.shape[-1]).index_add(2, of_token, x)
-            return sums / count
-
-        kp, vp = pool(k), pool(v)
-        out = q.new_empty(*q.shape[:3], v.shape[-1])
-        for tokens in layout.scene_tokens():
-            tokens = tokens.to(q.device)
-            blocks = (scene == layout.batch[tokens[0]]).nonzero().squeeze(1)
-            out[:, :, tokens] = F.scaled_dot_product_attention(
-                q[:, :, tokens], kp[:, :, blocks], vp[:, :, blocks], scale=scale
-            )
-        return out
-
-
-def _windows(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Tensor:
-    """[B, h, N, E] -> [B, h, windows, tokens per window, E] (zero-padded border windows)."""
-    b, h, _, e = x.shape
-    patches = patchify(x.reshape(b * h, *layout.shape, e).movedim(-1, 1), sizes)
-    return patches.reshape(b, h, -1, e, math.prod(sizes)).transpose(-1, -2)
-
-
-def _real_slots(layout: Grid, sizes: tuple[int, ...], device) -> torch.Tensor:
-    """Bool [windows, tokens per window]: False for the padding of border windows."""
-    ones = torch.ones(1, 1, layout.num_tokens, 1, device=device)
-    return _windows(ones, layout, sizes)[0, 0, :, :, 0] > 0
-
-
-def _unwindow(x: torch.Tensor, layout: Grid, sizes: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of ``_windows`` (padding cropped): -> [B, h, N, E]."""
-    b, h, _, _, e = x.shape
-    grid = [-(-n // s) for n, s in zip(layout.shape, sizes, strict=True)]
-    tokens = x.transpose(-1, -2).reshape(b * h, *grid, e * math.prod(sizes))
-    return unpatchify(tokens, sizes, layout.shape).movedim(1, -1).reshape(b, h, -1, e)
 
 
 @register("summary")
@@ -248,22 +200,6 @@ class Summary(KeySetPattern):
         allowed = torch.cat((local, local.new_ones(layout.num_tokens, pool.shape[0])), dim=-1)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=scale)
 
-    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        sizes = per_axis("Summary window", self.window, layout.ndim)
-        sizes = tuple(min(s, n) for s, n in zip(sizes, layout.shape, strict=True))
-        pooled = Pooled(self.block)
-        kp, vp = pooled.pool(k, layout), pooled.pool(v, layout)  # [B, h, M, E]
-        qw, kw, vw = (_windows(x, layout, sizes) for x in (q, k, v))
-        count = qw.shape[2]
-        keys = torch.cat((kw, kp.unsqueeze(2).expand(-1, -1, count, -1, -1)), dim=-2)
-        values = torch.cat((vw, vp.unsqueeze(2).expand(-1, -1, count, -1, -1)), dim=-2)
-        real = _real_slots(layout, sizes, q.device)
-        allowed = torch.cat((real, real.new_ones(count, kp.shape[-2])), dim=-1)
-        out = F.scaled_dot_product_attention(
-            qw, keys, values, attn_mask=allowed[:, None, :], scale=scale
-        )
-        return _unwindow(out, layout, sizes)
-
 
 @register("routing")
 @dataclass(frozen=True, repr=False)
@@ -290,13 +226,14 @@ class Routing(KeySetPattern):
     def describe(self) -> str:
         return "its keys depend on the data: the top-k regions of each query's region"
 
-    def _sizes(self, layout: Grid) -> tuple[int, ...]:
+    def region_sizes(self, layout: Grid) -> tuple[int, ...]:
+        """Region size per axis on ``layout`` (at most the axis length)."""
         sizes = per_axis("Routing region", self.region, layout.ndim)
         return tuple(min(s, n) for s, n in zip(sizes, layout.shape, strict=True))
 
     def check(self, layout: Grid) -> None:
         super().check(layout)
-        regions = math.prod(Pooled(self._sizes(layout)).blocks(layout))
+        regions = math.prod(Pooled(self.region_sizes(layout)).blocks(layout))
         if self.topk > regions:
             raise ValueError(
                 f"Routing topk={self.topk} exceeds the {regions} regions of {self.region}"
@@ -305,41 +242,23 @@ class Routing(KeySetPattern):
 
     def key_counts(self, layout: Grid, heads: int = 1, rows_per_step: int = 1024) -> torch.Tensor:
         """Upper bound (the selection depends on the data): topk full-size regions, capped at N."""
-        per_query = min(layout.num_tokens, self.topk * math.prod(self._sizes(layout)))
+        per_query = min(layout.num_tokens, self.topk * math.prod(self.region_sizes(layout)))
         return torch.full((1, layout.num_tokens), per_query, dtype=torch.long)
 
     def select(self, q: torch.Tensor, k: torch.Tensor, layout: Grid) -> torch.Tensor:
         """Routed regions [B, h, regions, topk] (no gradient)."""
         with torch.no_grad():
-            pooled = Pooled(self._sizes(layout))
+            pooled = Pooled(self.region_sizes(layout))
             affinity = pooled.pool(q, layout) @ pooled.pool(k, layout).transpose(-1, -2)
             order = torch.sort(affinity, dim=-1, descending=True, stable=True).indices
         return order[..., : self.topk]
 
     def reference(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        region = Pooled(self._sizes(layout)).block_ids(layout).to(q.device)  # [N]
+        region = Pooled(self.region_sizes(layout)).block_ids(layout).to(q.device)  # [N]
         chosen = self.select(q, k, layout)  # [B, h, R, topk]
         routed = (chosen[..., None] == region).any(-2)  # [B, h, R, N]: region r sees key j
         allowed = routed[:, :, region]  # [B, h, N, N]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
-
-    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        sizes = self._sizes(layout)
-        chosen = self.select(q, k, layout)
-        qw, kw, vw = (_windows(x, layout, sizes) for x in (q, k, v))  # [B, h, R, T, E]
-        count, tokens = kw.shape[2:4]
-
-        def gather(x: torch.Tensor) -> torch.Tensor:  # -> [B, h, R, topk * T, E]
-            flat = chosen.flatten(2)[..., None, None].expand(-1, -1, -1, tokens, x.shape[-1])
-            picked = x.gather(2, flat)  # [B, h, R * topk, T, E]; backward scatters into x
-            return picked.unflatten(2, (count, self.topk)).flatten(3, 4)
-
-        real = _real_slots(layout, sizes, q.device)  # [R, T]
-        allowed = real[chosen].flatten(-2)  # [B, h, R, topk * T]
-        out = F.scaled_dot_product_attention(
-            qw, gather(kw), gather(vw), attn_mask=allowed[..., None, :], scale=scale
-        )
-        return _unwindow(out, layout, sizes)
 
 
 FEATURES = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu}
@@ -357,8 +276,6 @@ class Linear(KeySetPattern):
 
     feature: str = "elu"
     eps = 1e-6
-    #: Bytes of q (or k, v) per chunk of the fast path: well inside a core's L2 cache.
-    CHUNK_BYTES = 1 << 19
 
     def __init__(self, feature: str = "elu") -> None:
         if feature not in FEATURES:
@@ -382,26 +299,6 @@ class Linear(KeySetPattern):
         phi = FEATURES[self.feature]
         weights = phi(q) @ phi(k).transpose(-1, -2)  # [B, h, N, N]
         return (weights @ v) / weights.sum(-1, keepdim=True).clamp_min(self.eps)
-
-    def fast(self, q, k, v, layout: Grid, scale: float) -> torch.Tensor:
-        """Two passes over token chunks of about ``CHUNK_BYTES`` per tensor, so that the
-        features phi(k), phi(q) are used while still in cache: the time per token then
-        stays flat as N grows past the cache, instead of stepping up."""
-        phi = FEATURES[self.feature]
-        b, h, n, e = q.shape
-        step = max(1, self.CHUNK_BYTES // (b * h * max(e, v.shape[-1]) * q.element_size()))
-        ones = v.new_ones(b, h, min(step, n), 1)
-        # [phi(K)^T V | phi(K)^T 1]: the context and the key sum in one matmul.
-        context = sum(
-            phi(k[:, :, lo : lo + step]).transpose(-1, -2)
-            @ torch.cat((v[:, :, lo : lo + step], ones[:, :, : min(step, n - lo)]), dim=-1)
-            for lo in range(0, n, step)
-        )  # [B, h, E, Ev + 1]
-        outputs = []
-        for lo in range(0, n, step):
-            both = phi(q[:, :, lo : lo + step]) @ context  # [B, h, chunk, Ev + 1]
-            outputs.append(both[..., :-1] / both[..., -1:].clamp_min(self.eps))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
 @register("hilo")

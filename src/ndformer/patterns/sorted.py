@@ -14,12 +14,8 @@ import torch
 
 from .._checks import IntOrTuple, check_int, check_per_axis, per_axis
 from ..curves import ORDERS, serialize
-from ..layout import Grid, Points
+from ..layout import Grid, Points, as_points
 from .base import Pattern, format_call, register
-
-
-def as_points(layout: Grid | Points) -> Points:
-    return layout if isinstance(layout, Points) else Points.from_grid(layout)
 
 
 def lexsort(keys: list[torch.Tensor]) -> torch.Tensor:

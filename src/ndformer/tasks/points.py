@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..point_tokens import PointBatch
+from ..point_batch import PointBatch
 from .base import SPLITS, split_indices
 
 #: Labels below 0 mark unlabelled points: no loss, not scored.

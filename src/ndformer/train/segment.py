@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..models import POINT_ARCHS, NdModel
-from ..point_tokens import PointBatch
+from ..point_batch import PointBatch
 from ..tasks.points import IGNORE, read_points, write_ply
 from .checkpoint import load, read_run
 from .metrics import confusion, miou_score

@@ -1,0 +1,340 @@
+"""Backends: every way ``attend`` can compute a pattern, each with its capability check.
+
+A backend answers two questions about a call (pattern, layout, device, dtype, heads,
+autograd): ``supports`` — can it compute it exactly? (None, or the reason it cannot) —
+and, for ``backend="auto"`` only, ``declines`` — should it, when a later backend is the
+better choice? (None, or why not). ``auto`` walks ``AUTO_ORDER`` for the inputs' device
+and runs the first backend that supports and does not decline the call;
+``backend=NAME`` runs that backend or raises its reason. ``ndformer info``, ``bench`` and
+the error messages all read these same checks, so there is one source of truth.
+
+``HeadSplit`` is composition, not a backend: ``auto`` (and a named backend that cannot
+take the split whole) runs each head group through its own pattern's choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import block_sparse_attention, block_sparse_plan, local_plan, tiled_attention
+from .kernels import native as native_kernels
+from .kernels.flex import flex_attention, flex_unavailable
+from .kernels.groups import group_attention, scene_attention
+from .kernels.keysets import keyset_attention
+from .kernels.reference import reference_attention
+from .layout import Grid, Points, as_points
+from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
+from .patterns.axis import AllRule
+from .patterns.sorted import SortedGroups
+
+
+@dataclass(frozen=True)
+class Call:
+    """One attention call as the backends see it: everything they decide on, no tensors.
+
+    ``heads`` and ``head_dim`` are q's; ``needs_grad`` says whether autograd will want
+    gradients through the call.
+    """
+
+    pattern: Pattern
+    layout: Grid | Points
+    device: torch.device
+    dtype: torch.dtype
+    heads: int
+    head_dim: int
+    needs_grad: bool
+
+    def with_pattern(self, pattern: Pattern, heads: int) -> Call:
+        """The same call for one head group of a ``HeadSplit``."""
+        return Call(
+            pattern, self.layout, self.device, self.dtype, heads, self.head_dim, self.needs_grad
+        )
+
+    @property
+    def on_grid(self) -> bool:
+        return isinstance(self.layout, Grid)
+
+
+Runner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Call, float, tuple], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to compute attention. ``supports(call)`` and ``declines(call)`` return None or
+    a reason phrased to follow the backend's name ("native is inference-only ...");
+    ``run(q, k, v, call, scale, tile)`` returns [B, heads, N, head_dim_v]. ``head_split``:
+    the backend takes ``HeadSplit`` patterns whole (head-dependent masks)."""
+
+    name: str
+    summary: str
+    supports: Callable[[Call], str | None]
+    run: Runner
+    declines: Callable[[Call], str | None] = lambda call: None
+    head_split: bool = False
+
+
+# -- capability checks ----------------------------------------------------------------
+def _grid_mask(call: Call) -> str | None:
+    if not call.on_grid:
+        return f"works on grids; {call.pattern!r} on {call.layout!r} takes 'auto' (groups / scenes)"
+    if isinstance(call.pattern, SortedGroups):
+        return f"does not run {call.pattern!r}, which sorts tokens into groups: 'auto' does"
+    if not call.pattern.is_mask:
+        return (
+            f"needs a mask pattern; {call.pattern!r} is not a mask pattern: use backend 'auto'"
+            " or 'reference'"
+        )
+    return None
+
+
+def _separable(call: Call, local: bool) -> str | None:
+    if (reason := _grid_mask(call)) is not None:
+        return reason
+    if not isinstance(call.pattern, Separable):
+        return (
+            f"takes separable patterns (windows, neighborhoods, stripes, axial); {call.pattern!r}"
+            " is not one: use 'auto' or 'blocksparse'"
+        )
+    if local and not all(r.local for r in call.pattern.axis_rules(call.layout)):
+        return (
+            f"needs a separable pattern with local axes (windows, stripes, neighborhoods);"
+            f" {call.pattern!r} is not one: use 'auto' or 'blocksparse'"
+        )
+    return None
+
+
+def _keyset_supports(call: Call) -> str | None:
+    if call.pattern.is_mask or isinstance(call.pattern, HeadSplit):
+        return "runs patterns over new keys (pooled, linear, routing, summary)"
+    return None
+
+
+def _sdpa_supports(call: Call) -> str | None:
+    if (reason := _separable(call, local=False)) is not None:
+        return reason
+    if not all(isinstance(r, AllRule) for r in call.pattern.axis_rules(call.layout)):
+        return "runs full attention only"
+    return None
+
+
+def _native_supports(call: Call) -> str | None:
+    if (reason := _separable(call, local=False)) is not None:
+        return reason
+    reason = native_kernels.native_unavailable(call.device, call.dtype, call.needs_grad)
+    if reason is not None:
+        return reason
+    plan = _native_plan(call)
+    return plan if isinstance(plan, str) else None
+
+
+def _native_plan(call: Call):
+    return native_kernels.native_plan(
+        tuple(call.pattern.axis_rules(call.layout)), call.layout.shape, call.dtype
+    )
+
+
+def _native_declines(call: Call) -> str | None:
+    rules = call.pattern.axis_rules(call.layout)
+    if all(isinstance(r, AllRule) for r in rules):
+        return "leaves full attention to SDPA"
+    return native_kernels.native_declines(_native_plan(call))
+
+
+def _groups_supports(call: Call) -> str | None:
+    if call.on_grid and not isinstance(call.pattern, SortedGroups):
+        return "runs patterns on points (and sorted groups on grids)"
+    if not call.pattern.is_mask:
+        return f"needs a mask pattern; {call.pattern!r} is not one"
+    if call.pattern.group_ids(as_points(call.layout)) is None:
+        return f"needs a partition into groups; {call.pattern!r} is not one"
+    return None
+
+
+def _scenes_supports(call: Call) -> str | None:
+    if call.on_grid:
+        return "runs mask patterns on points, scene by scene"
+    if not call.pattern.is_mask:
+        return f"needs a mask pattern; {call.pattern!r} is not one"
+    return None
+
+
+def _flex_supports(call: Call) -> str | None:
+    if not call.on_grid or not call.pattern.is_mask:
+        return _grid_mask(call)
+    return flex_unavailable(call.pattern, call.device, call.dtype, call.needs_grad)
+
+
+def _reference_supports(call: Call) -> str | None:
+    if isinstance(call.pattern, HeadSplit) and not call.pattern.is_mask:
+        return "runs a head split with parts over new keys one head group at a time"
+    return None
+
+
+# -- runners -----------------------------------------------------------------------------
+def _run_keyset(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    return keyset_attention(call.pattern, q, k, v, call.layout, scale)
+
+
+def _run_sdpa(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def _run_native(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    return native_kernels.native_attention(q, k, v, _native_plan(call), scale)
+
+
+def _run_groups(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    groups = call.pattern.group_ids(as_points(call.layout))
+    return group_attention(q, k, v, groups.to(q.device), scale)
+
+
+def _run_scenes(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    return scene_attention(q, k, v, call.pattern, call.layout, scale)
+
+
+def _run_tiled(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    rules = tuple(call.pattern.axis_rules(call.layout))
+    plan = local_plan(rules, call.layout.shape, tile, q.device)
+    return tiled_attention(q, k, v, plan, scale, call.layout.shape)
+
+
+def _run_blocksparse(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    plan = block_sparse_plan(call.pattern, call.layout, tile, q.shape[1], q.device)
+    return block_sparse_attention(q, k, v, plan, scale)
+
+
+def _run_flex(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    return flex_attention(q, k, v, call.pattern, call.layout, scale)
+
+
+def _run_reference(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+    if isinstance(call.pattern, KeySetPattern):
+        return call.pattern.reference(q, k, v, call.layout, scale)
+    return reference_attention(q, k, v, call.pattern, call.layout, scale)
+
+
+_ALL = (
+    Backend(
+        "keyset",
+        "fast paths of patterns over new keys (pooled, linear, routing, summary)",
+        _keyset_supports,
+        _run_keyset,
+    ),
+    Backend(
+        "sdpa", "full attention: PyTorch's scaled_dot_product_attention", _sdpa_supports, _run_sdpa
+    ),
+    Backend(
+        "native",
+        "ndformer's compiled CPU kernels for separable patterns (float32 / float64)",
+        _native_supports,
+        _run_native,
+        declines=_native_declines,
+    ),
+    Backend(
+        "groups",
+        "same-group patterns on points: groups padded together through batched SDPA",
+        _groups_supports,
+        _run_groups,
+    ),
+    Backend(
+        "scenes",
+        "other mask patterns on points, scene by scene under their mask rows",
+        _scenes_supports,
+        _run_scenes,
+    ),
+    Backend(
+        "tiled",
+        "query tiles and their exact key halos through batched SDPA",
+        lambda call: _separable(call, local=True),
+        _run_tiled,
+    ),
+    Backend(
+        "flex",
+        "PyTorch's compiled FlexAttention with the pattern as its mask function",
+        _flex_supports,
+        _run_flex,
+        head_split=True,
+    ),
+    Backend(
+        "blocksparse",
+        "any mask pattern: N-D box tiles, online softmax over the tile pairs it touches",
+        lambda call: _grid_mask(call),
+        _run_blocksparse,
+        head_split=True,
+    ),
+    Backend(
+        "reference",
+        "the definition: dense masked SDPA (N x N memory), or a key-set pattern's reference",
+        _reference_supports,
+        _run_reference,
+        head_split=True,
+    ),
+)
+BACKENDS: dict[str, Backend] = {b.name: b for b in _ALL}
+
+#: ``auto``'s priority order per device type (others: "default").
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("keyset", "sdpa", "native", "groups", "scenes", "tiled", "blocksparse"),
+    "default": ("keyset", "sdpa", "groups", "scenes", "tiled", "blocksparse"),
+}
+
+#: Names ``attend(backend=...)`` accepts.
+NAMES: tuple[str, ...] = ("auto", *BACKENDS)
+
+
+def auto_order(device: torch.device) -> tuple[str, ...]:
+    return AUTO_ORDER.get(device.type, AUTO_ORDER["default"])
+
+
+def choose(call: Call) -> Backend:
+    """The backend ``auto`` runs for ``call`` (not a ``HeadSplit``: its groups choose alone)."""
+    reasons = []
+    for name in auto_order(call.device):
+        backend = BACKENDS[name]
+        reason = backend.supports(call) or backend.declines(call)
+        if reason is None:
+            return backend
+        reasons.append(f"{name}: {reason}")
+    raise ValueError(f"no backend runs {call.pattern!r} on {call.layout!r}: " + "; ".join(reasons))
+
+
+def explain(call: Call) -> list[tuple[str, str | None]]:
+    """(backend name, None if it can run ``call`` exactly, else the reason it cannot) for
+    every backend, ``auto``'s own order first. ``choose`` says which one ``auto`` takes."""
+    order = auto_order(call.device)
+    names = [*order, *(n for n in BACKENDS if n not in order)]
+    return [(name, BACKENDS[name].supports(call)) for name in names]
+
+
+def unsupported(name: str, call: Call) -> str | None:
+    """None if ``attend(..., backend=name)`` runs ``call`` (a ``HeadSplit`` whole, or head
+    group by head group), else the reason it raises."""
+    if name == "auto":
+        return None
+    reason = BACKENDS[name].supports(call)
+    if reason is None or not isinstance(call.pattern, HeadSplit):
+        return reason
+    groups = zip(call.pattern.patterns, call.pattern.head_groups(call.heads), strict=True)
+    for part, (start, stop) in groups:
+        if stop > start and (reason := unsupported(name, call.with_pattern(part, stop - start))):
+            return reason
+    return None
+
+
+def chosen(call: Call) -> str:
+    """What ``auto`` runs for ``call``, as text: a backend name, or the head groups' names
+    (``"headsplit: native, keyset"``) for a ``HeadSplit``."""
+    if isinstance(call.pattern, HeadSplit):
+        parts = [
+            chosen(call.with_pattern(p, stop - start))
+            for p, (start, stop) in zip(
+                call.pattern.patterns, call.pattern.head_groups(call.heads), strict=True
+            )
+            if stop > start
+        ]
+        return "headsplit: " + ", ".join(parts)
+    return choose(call).name
