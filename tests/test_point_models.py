@@ -21,7 +21,7 @@ from ndformer.tasks import PointTaskData, load_data, load_task, read_points, wri
 from ndformer.tasks.points import Augment3D, from_scenes
 from ndformer.tasks.scenes import SCENE_CLASSES, room_scene
 from ndformer.train import TrainConfig, TrainingError, fit
-from ndformer.train.loop import evaluate_model
+from ndformer.train.evaluate import evaluate_model
 
 TINY_VOLT = dict(depth=2, dim=24, heads=2)
 

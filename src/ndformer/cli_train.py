@@ -174,7 +174,7 @@ def register(app: typer.Typer, console, fail) -> None:
     ) -> None:
         """Accuracy (or mIoU) of a trained run with its 95% confidence interval."""
         from .train import TrainConfig, evaluate_model, load, read_run, resolve_data
-        from .train.loop import check_model_fits
+        from .train.data import check_model_fits
 
         try:
             info = read_run(run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +13,7 @@ from .attend import BackendName, attend
 from .layout import Grid, Points
 from .patterns import Full, Pattern
 from .patterns import pattern as parse_pattern
-from .position import RoPE
+from .position import RoPE, rope_tables
 
 
 class Attention(nn.Module):
@@ -60,41 +62,45 @@ class Attention(nn.Module):
         """x [B, *grid, dim]; or, with sparse ``points`` (N tokens), x [N, dim] or
         [B, N, dim] with RoPE on the points' coordinates."""
         if points is not None:
-            return self._forward_points(x, points)
+            single = x.dim() == 2
+            tokens = x[None] if single else x
+            if tokens.dim() != 3 or tokens.shape[1:] != (points.num_tokens, self.dim):
+                raise ValueError(
+                    f"Attention on {points!r} expects x [N, dim] or [B, N, dim] with N ="
+                    f" {points.num_tokens}, dim = {self.dim}; got {tuple(x.shape)}"
+                )
+            out = self._attend(tokens, points, points.coords_on(x.device))
+            return out[0] if single else out
         if x.dim() < 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention expects [B, *grid, dim={self.dim}], got {tuple(x.shape)}")
-        batch, grid = x.shape[0], Grid(tuple(x.shape[1:-1]))
-        qkv = self.qkv(x.reshape(batch, -1, self.dim))
-        q, k, v = (
-            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, heads, N, channels]
-            for part in qkv.split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
-        )
-        if self.rope:
-            rope = RoPE(self.qk_head_dim, grid.ndim, self.rope_base)
-            positions = grid.coords_on(x.device)
-            q, k = rope(q, positions), rope(k, positions)
-        out = attend(q, k, v, self.pattern, grid, backend=self.backend)
-        return self.proj(out.transpose(1, 2).reshape(x.shape))
+        grid = Grid(tuple(x.shape[1:-1]))
+        out = self._attend(x.reshape(x.shape[0], -1, self.dim), grid, grid)
+        return out.reshape(x.shape)
 
-    def _forward_points(self, x: torch.Tensor, points: Points) -> torch.Tensor:
-        single = x.dim() == 2
-        tokens = x[None] if single else x
-        if tokens.dim() != 3 or tokens.shape[1:] != (points.num_tokens, self.dim):
-            raise ValueError(
-                f"Attention on {points!r} expects x [N, dim] or [B, N, dim] with N ="
-                f" {points.num_tokens}, dim = {self.dim}; got {tuple(x.shape)}"
-            )
-        q, k, v = (
-            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-            for part in self.qkv(tokens).split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
-        )
-        if self.rope:
-            rope = RoPE(self.qk_head_dim, points.ndim, self.rope_base)
-            positions = points.coords_on(x.device)
-            q, k = rope(q, positions), rope(k, positions)
-        out = attend(q, k, v, self.pattern, points, backend=self.backend)
-        out = self.proj(out.transpose(1, 2).flatten(2))
-        return out[0] if single else out
+    def heads_of(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens [B, N, dim] -> q, k [B, heads, N, qk_head_dim], v [B, heads, N, head_dim]."""
+        q, k, v = self.qkv(tokens).split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
+        return tuple(part.unflatten(-1, (self.heads, -1)).transpose(1, 2) for part in (q, k, v))
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, positions) -> tuple[torch.Tensor, ...]:
+        """RoPE on q and k at ``positions``: a ``Grid`` (its coordinates; the tables are
+        cached per grid, device and dtype) or a tensor [N, ndim] / [B, N, ndim]."""
+        if not self.rope:
+            return q, k
+        ndim = positions.ndim if isinstance(positions, Grid) else positions.shape[-1]
+        rope = RoPE(self.qk_head_dim, ndim, self.rope_base)
+        if isinstance(positions, Grid):
+            tables = rope_tables(rope, positions.shape, q.device, q.dtype)
+        else:
+            tables = rope.tables(positions, q.device, q.dtype)
+        return rope.apply(q, tables), rope.apply(k, tables)
+
+    def _attend(self, tokens: torch.Tensor, layout: Grid | Points, positions) -> torch.Tensor:
+        """The core of every layout: qkv, RoPE, ``attend``, output projection; [B, N, dim]."""
+        q, k, v = self.heads_of(tokens)
+        q, k = self.rotate(q, k, positions)
+        out = attend(q, k, v, self.pattern, layout, backend=self.backend)
+        return self.proj(out.transpose(1, 2).flatten(2))
 
     def forward_merged(
         self,
@@ -117,14 +123,8 @@ class Attention(nn.Module):
                 f"token reduction needs full attention: reduced tokens no longer form a"
                 f" grid, and {self.pattern!r} is defined on a grid"
             )
-        qkv = self.qkv(x)
-        q, k, v = (
-            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-            for part in qkv.split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
-        )
-        if self.rope:
-            rope = RoPE(self.qk_head_dim, positions.shape[-1], self.rope_base)
-            q, k = rope(q, positions), rope(k, positions)
+        q, k, v = self.heads_of(x)
+        q, k = self.rotate(q, k, positions)
         bias = sizes.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         attention = _received_attention(q, k, bias, sizes) if received else None
@@ -209,9 +209,36 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, points: Points | None = None) -> torch.Tensor:
-        """x [B, *grid, dim]; with sparse ``points``, x [N, dim] or [B, N, dim]."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        points: Points | None = None,
+        *,
+        merged: MergedTokens | None = None,
+    ) -> torch.Tensor:
+        """x [B, *grid, dim]; with sparse ``points``, x [N, dim] or [B, N, dim]; with
+        ``merged`` (reduced tokens, full attention only), x [B, N, dim]: the attention's
+        merge metric and received attention are left in ``merged``."""
         if points is not None and x.dim() == 2:  # one sample: drop_path acts on all of it
             return self.forward(x[None], points)[0]
-        x = x + self.drop_path(self.attn(self.norm1(x), points))
+        if merged is None:
+            attended = self.attn(self.norm1(x), points)
+        else:
+            attended, merged.keys, merged.received = self.attn.forward_merged(
+                self.norm1(x), merged.positions, merged.sizes, received=merged.want_received
+            )
+        x = x + self.drop_path(attended)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+@dataclass
+class MergedTokens:
+    """Reduced tokens for ``Block.forward(x, merged=...)``: their positions [B, N, ndim]
+    (float) and sizes [B, N]; the block fills in ``keys`` [B, N, qk_head_dim] (the next
+    merge's metric) and, if ``want_received``, ``received`` [B, N]."""
+
+    positions: torch.Tensor
+    sizes: torch.Tensor
+    want_received: bool = False
+    keys: torch.Tensor | None = None
+    received: torch.Tensor | None = None

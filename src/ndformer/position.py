@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._cache import plan_cache
 from ._checks import check_int
+from .layout import grid_coords
 
 
 class RoPE(nn.Module):
@@ -46,6 +48,34 @@ class RoPE(nn.Module):
         exponents = torch.arange(0, per_axis, 2, device=device, dtype=dtype) / per_axis
         return self.base ** (-exponents)
 
+    def tables(
+        self, positions: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed_sin) [..., N, rotated] in the compute dtype (at least float32) for
+        ``positions`` [N, ndim] or [B, N, ndim]: what ``apply`` rotates with."""
+        compute = torch.promote_types(dtype, torch.float32)
+        angles = positions.to(device, compute)[..., None] * self.frequencies(device, compute)
+        # Tables laid out like the channels [N, ndim, 2, per_axis / 2] -> [N, rotated]:
+        # (first, second) -> (first cos - second sin, second cos + first sin), computed as
+        # x * cos + swap(x) * signed_sin with swap exchanging the two halves of each axis.
+        cos = angles.cos().unsqueeze(-2).expand(*angles.shape[:-1], 2, -1).flatten(-3)
+        sin = angles.sin()
+        return cos, torch.stack((-sin, sin), dim=-2).flatten(-3)
+
+    def apply(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate x [..., N, head_dim] (or [B, heads, N, head_dim] with per-sample tables
+        [B, N, rotated]) by ``tables``; returns a tensor shaped like ``x``."""
+        cos, signed_sin = tables
+        if cos.dim() == 3 and x.dim() == 4:  # per-sample positions -> [B, 1, N, rotated]
+            cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)
+        x_compute = x.to(cos.dtype)
+        rotating = x_compute[..., : self.rotated]
+        swapped = rotating.unflatten(-1, (self.ndim, 2, self.per_axis // 2)).flip(-2).flatten(-3)
+        rotated = rotating * cos + swapped * signed_sin
+        if self.rotated < self.head_dim:
+            rotated = torch.cat((rotated, x_compute[..., self.rotated :]), dim=-1)
+        return rotated.to(x.dtype)
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.head_dim:
             raise ValueError(
@@ -60,23 +90,21 @@ class RoPE(nn.Module):
                 f" {tuple(x.shape)} (or [B, N, ndim] for x [B, heads, N, head_dim]);"
                 f" got positions {tuple(positions.shape)}"
             )
-        compute = torch.promote_types(x.dtype, torch.float32)
-        angles = positions.to(compute)[..., None] * self.frequencies(x.device, compute)
-        # Tables laid out like the channels [N, ndim, 2, per_axis / 2] -> [N, rotated]:
-        # (first, second) -> (first cos - second sin, second cos + first sin), computed as
-        # x * cos + swap(x) * signed_sin with swap exchanging the two halves of each axis.
-        cos = angles.cos().unsqueeze(-2).expand(*angles.shape[:-1], 2, -1).flatten(-3)
-        sin = angles.sin()
-        signed_sin = torch.stack((-sin, sin), dim=-2).flatten(-3)
-        if batched:  # per-sample positions [B, N, rotated] -> [B, 1, N, rotated]
-            cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)
-        x_compute = x.to(compute)
-        rotating = x_compute[..., : self.rotated]
-        swapped = rotating.unflatten(-1, (self.ndim, 2, self.per_axis // 2)).flip(-2).flatten(-3)
-        rotated = rotating * cos + swapped * signed_sin
-        if self.rotated < self.head_dim:
-            rotated = torch.cat((rotated, x_compute[..., self.rotated :]), dim=-1)
-        return rotated.to(x.dtype)
+        return self.apply(x, self.tables(positions, x.device, x.dtype))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, ndim={self.ndim}, base={self.base:g}"
+
+
+@plan_cache(64)
+def _grid_tables(head_dim, ndim, base, shape, device, dtype):
+    rope = RoPE(head_dim, ndim, base)
+    return rope.tables(grid_coords(shape, device), device, dtype)
+
+
+def rope_tables(
+    rope: RoPE, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rope.tables`` of every token of a grid of ``shape``, cached per (RoPE settings,
+    shape, device, dtype): a model's blocks share one table instead of rebuilding it."""
+    return _grid_tables(rope.head_dim, rope.ndim, rope.base, tuple(shape), device, dtype)

@@ -25,7 +25,7 @@ from ..models import NdModel
 from ..point_batch import PointBatch
 from ..tasks.points import IGNORE
 from ..train import TrainConfig, build_for, fit, resolve_data
-from ..train.loop import Data, batch_indices, make_batch, num_samples
+from ..train.data import Data, batch_indices, make_batch, num_samples
 
 
 def _one_sample(sample):

@@ -8,13 +8,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._checks import check_int, check_per_axis
-from ..patterns import Full, Pattern
+from ..patterns import Pattern
 from ..patterns import pattern as parse_pattern
 
-ARCHS = ("vit", "hvit", "conv", "volt", "voxconv")
 #: Architectures that segment point clouds (``PointBatch`` in, [N, classes] out).
 POINT_ARCHS = ("volt", "voxconv")
 HEADS = ("classification", "segmentation")
+
+#: arch -> its config type (``register_config``, next to each model family).
+CONFIGS: dict[str, type[ModelConfig]] = {}
+#: model name -> its config fields, ``arch`` included (``register_model``, next to each
+#: model family). Overrides go through ``create_model``.
+MODELS: dict[str, dict[str, Any]] = {}
+
+
+def register_config(*archs: str):
+    """Class decorator: the config type of the architectures ``archs``."""
+
+    def add(cls):
+        for arch in archs:
+            CONFIGS[arch] = cls
+        return cls
+
+    return add
+
+
+def register_model(name: str, arch: str, **fields: Any) -> None:
+    """Register the named configuration ``name`` of ``arch`` (timm-like sizes)."""
+    MODELS[name] = dict(arch=arch, **fields)
+
 
 PatternSpec = str | list[str]
 
@@ -38,23 +60,18 @@ def _checked(name: str, spec: str) -> str:
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model; ``to_json`` / ``from_json`` round-trip exactly.
+    """What every architecture's config holds; ``to_json`` / ``from_json`` round-trip
+    exactly, and ``from_dict`` returns the config type of the data's ``arch``.
 
     - ``arch``: ``vit`` (plain transformer over patch tokens), ``hvit`` (hierarchical,
-      stages halve every axis) or ``conv`` (N-D depthwise-conv network, the teacher).
-    - ``volt`` (point clouds: ``PointTokenizer`` patch tokens of ``patch`` voxels of
-      ``voxel_size`` metres, blocks on their ``Points`` layout, per-point logits) and
-      ``voxconv`` (point clouds through a ``conv`` network over voxels, the teacher).
+      stages halve every axis), ``conv`` (N-D depthwise-conv network, the teacher),
+      ``volt`` (point clouds through patch tokens) or ``voxconv`` (point clouds through
+      a ``conv`` network over voxels, the teacher); see each config type.
     - ``head``: ``classification`` (mean-pooled tokens -> logits [B, classes]) or
       ``segmentation`` (per-token logits unpatchified to [B, classes, *spatial]).
-    - ``depth`` / ``heads``: ints for ``vit``; one entry per stage for ``hvit``/``conv``.
-    - ``pattern``: a spec, or a list of specs cycled over the blocks (over the blocks
-      of every stage for ``hvit``); ``stage_patterns`` sets one spec or list per stage.
-    - ``token_merging``: ToMe's r, tokens merged after every block (``vit`` with full
-      attention only: merged tokens no longer form a grid).
-    - ``keep_rate``: EViT's keep rate (1.0 = off). After 1/4, 1/2 and 3/4 of the blocks,
-      the ``ceil(keep_rate * n)`` most attended of the n tokens stay and the rest fuse
-      into one token (``vit`` with full attention only, not with ``token_merging``).
+    - ``depth`` / ``heads``: ints for plain transformers; one entry per stage for
+      hierarchical ones.
+    - ``pattern``: a spec, or a list of specs cycled over the blocks.
     """
 
     arch: str = "vit"
@@ -68,18 +85,17 @@ class ModelConfig:
     heads: int | tuple[int, ...] = 3
     mlp_ratio: float = 4.0
     pattern: PatternSpec = "full"
-    stage_patterns: list[PatternSpec] | None = None
     drop_path: float = 0.0
     rope: bool = True
-    kernel: int = 3
-    token_merging: int = 0
-    keep_rate: float = 1.0
-    voxel_size: float = 0.1
     name: str = field(default="", compare=False)
 
+    #: The config fields every architecture shares (the rest belong to one family).
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch not in CONFIGS:
+            raise ValueError(f"arch must be one of {tuple(CONFIGS)}, got {self.arch!r}")
+        if type(self) is not CONFIGS[self.arch]:
+            expected = CONFIGS[self.arch].__name__
+            raise ValueError(f"arch {self.arch!r} takes a {expected}, got {type(self).__name__}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         check_int("ndim", self.ndim, minimum=1)
@@ -87,77 +103,40 @@ class ModelConfig:
         check_int("in_chans", self.in_chans, minimum=0 if self.arch in POINT_ARCHS else 1)
         check_int("num_classes", self.num_classes, minimum=1)
         check_int("dim", self.dim, minimum=1)
-        check_int("kernel", self.kernel, minimum=1)
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd, got {self.kernel}")
         self.patch = _tuple(check_per_axis("patch", self.patch, minimum=1))
         if isinstance(self.patch, tuple) and len(self.patch) != self.ndim:
             raise ValueError(f"patch {self.patch} has {len(self.patch)} entries, ndim={self.ndim}")
         self.depth = _tuple(check_per_axis("depth", self.depth, minimum=1))
         self.heads = _tuple(check_per_axis("heads", self.heads, minimum=1))
-        flat = self.arch in ("vit", "volt")
-        if flat and not (isinstance(self.depth, int) and isinstance(self.heads, int)):
-            raise ValueError(
-                f"{self.arch} takes int depth and heads, got {self.depth!r}, {self.heads!r}"
-            )
-        if self.arch in POINT_ARCHS:
-            self._check_points()
-        if not flat:
-            stages = len(self.depth) if isinstance(self.depth, tuple) else 1
-            self.depth = self.depth if isinstance(self.depth, tuple) else (self.depth,)
-            self.heads = self.heads if isinstance(self.heads, tuple) else (self.heads,) * stages
-            if len(self.heads) != stages:
-                raise ValueError(
-                    f"heads {self.heads} must have one entry per stage (depth {self.depth})"
-                )
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
         self.pattern = _spec_list("pattern", self.pattern)
-        check_int("token_merging", self.token_merging, minimum=0)
-        if isinstance(self.keep_rate, bool) or not 0.0 < self.keep_rate <= 1.0:
-            raise ValueError(f"keep_rate must be in (0, 1] (1 = off), got {self.keep_rate!r}")
-        self._check_token_reduction()
-        if self.stage_patterns is not None:
-            if self.arch != "hvit" or len(self.stage_patterns) != self.num_stages:
-                raise ValueError(
-                    f"stage_patterns needs arch 'hvit' and one entry per stage"
-                    f" ({self.num_stages}), got {self.stage_patterns!r} for arch {self.arch!r}"
-                )
-            self.stage_patterns = [
-                _spec_list(f"stage_patterns[{i}]", p) for i, p in enumerate(self.stage_patterns)
-            ]
 
-    def _check_points(self) -> None:
+    def _flat(self) -> None:
+        """Plain transformers: one int depth and heads."""
+        if not (isinstance(self.depth, int) and isinstance(self.heads, int)):
+            raise ValueError(
+                f"{self.arch} takes int depth and heads, got {self.depth!r}, {self.heads!r}"
+            )
+
+    def _staged(self) -> None:
+        """Hierarchical networks: depth and heads per stage (an int heads for every stage)."""
+        stages = len(self.depth) if isinstance(self.depth, tuple) else 1
+        self.depth = self.depth if isinstance(self.depth, tuple) else (self.depth,)
+        self.heads = self.heads if isinstance(self.heads, tuple) else (self.heads,) * stages
+        if len(self.heads) != stages:
+            raise ValueError(
+                f"heads {self.heads} must have one entry per stage (depth {self.depth})"
+            )
+
+    def _segments_points(self) -> None:
         if self.head != "segmentation":
             raise ValueError(f"arch {self.arch!r} segments points: head must be 'segmentation'")
-        if isinstance(self.voxel_size, bool) or not self.voxel_size > 0:
-            raise ValueError(f"voxel_size must be > 0 (metres), got {self.voxel_size!r}")
-        if self.arch == "volt" and isinstance(self.patch, tuple) and len(set(self.patch)) > 1:
-            raise ValueError(f"volt takes one patch size for every axis, got {self.patch}")
-
-    def _check_token_reduction(self) -> None:
-        """Reduced tokens no longer form a grid: only full attention in a plain vit follows."""
-        used = {"token_merging": self.token_merging} if self.token_merging else {}
-        if self.keep_rate < 1.0:
-            used["keep_rate"] = self.keep_rate
-        if not used:
-            return
-        if len(used) > 1:
-            raise ValueError(
-                f"token_merging={self.token_merging} and keep_rate={self.keep_rate} are two"
-                " token reductions; choose one"
-            )
-        ((option, value),) = used.items()
-        specs = [self.pattern] if isinstance(self.pattern, str) else self.pattern
-        grid_only = [s for s in specs if parse_pattern(s) != Full()]
-        if self.arch != "vit" or grid_only:
-            raise ValueError(
-                f"{option}={value} needs arch 'vit' with full attention: reduced tokens no"
-                f" longer form a grid, so grid patterns {grid_only} (arch {self.arch!r})"
-                " cannot follow a reduction"
-            )
+        voxel_size = getattr(self, "voxel_size", None)
+        if isinstance(voxel_size, bool) or not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0 (metres), got {voxel_size!r}")
 
     @property
     def num_stages(self) -> int:
@@ -175,46 +154,42 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; valid: {sorted(names)}")
-        return cls(**data)
+        """The config of ``data["arch"]`` (default vit). A field of another architecture is
+        refused, naming the architecture it belongs to; at its default value (as older
+        config.json files list every field) it is dropped."""
+        arch = data.get("arch", "vit")
+        if arch not in CONFIGS:
+            raise ValueError(f"arch must be one of {tuple(CONFIGS)}, got {arch!r}")
+        target = CONFIGS[arch]
+        names = {f.name for f in dataclasses.fields(target)}
+        kept = {}
+        for key, value in data.items():
+            if key in names:
+                kept[key] = value
+                continue
+            owners = [
+                a for a, c in CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}
+            ]
+            if not owners:
+                raise ValueError(f"unknown model config keys {[key]}; valid: {sorted(names)}")
+            default = next(
+                f for f in dataclasses.fields(CONFIGS[owners[0]]) if f.name == key
+            ).default
+            if value != default:
+                raise ValueError(
+                    f"{key}={value!r} needs arch {' or '.join(repr(a) for a in owners)};"
+                    f" arch {arch!r} has no {key}"
+                )
+        return target(**kept)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
+def _field_defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
 def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-VOLT_TINY_DIM = 128
-
-_HVIT_TINY: dict[str, Any] = dict(
-    arch="hvit",
-    dim=96,
-    depth=(2, 2, 6, 2),
-    heads=(3, 6, 12, 24),
-    pattern=["window(7)", "window(7, shift=3)"],
-)
-
-#: Named configurations (timm-like sizes). Overrides go through ``create_model``.
-MODELS: dict[str, dict[str, Any]] = {
-    "vit-tiny": dict(arch="vit", dim=192, depth=12, heads=3),
-    "vit-small": dict(arch="vit", dim=384, depth=12, heads=6),
-    "vit-base": dict(arch="vit", dim=768, depth=12, heads=12),
-    "hvit-tiny": _HVIT_TINY,
-    "hvit-small": {**_HVIT_TINY, "depth": (2, 2, 18, 2)},
-    "conv-tiny": dict(arch="conv", dim=32, depth=(2, 2, 2, 2), heads=1, patch=2),
-    "volt-tiny": dict(
-        arch="volt", ndim=3, head="segmentation", dim=VOLT_TINY_DIM, depth=6, heads=4, patch=4
-    ),
-    "volt-small": dict(
-        arch="volt", ndim=3, head="segmentation", dim=256, depth=12, heads=8, patch=4
-    ),
-    "voxconv-tiny": dict(
-        arch="voxconv", ndim=3, head="segmentation", dim=32, depth=(2, 2, 2, 2), heads=1, patch=2
-    ),
-}

@@ -9,8 +9,8 @@ known and horizontal position is not.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,8 +18,44 @@ from torch import nn
 from ..layers import Block
 from ..point_batch import PointBatch
 from ..point_tokens import PointTokenizer
-from .config import ModelConfig
-from .nets import HierarchicalNet, NdModel, _cycled
+from .base import NdModel, cycled, register_arch
+from .config import ModelConfig, check_int, register_config, register_model
+from .hierarchical import HierarchicalConfig, HierarchicalNet
+
+
+@register_config("volt")
+@dataclass
+class VoltConfig(ModelConfig):
+    """``volt``: int ``depth`` and ``heads``; one ``patch`` size for every axis, of voxels
+    of ``voxel_size`` metres; ``head`` must be ``segmentation`` (per-point logits)."""
+
+    voxel_size: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._flat()
+        self._segments_points()
+        if isinstance(self.patch, tuple) and len(set(self.patch)) > 1:
+            raise ValueError(f"volt takes one patch size for every axis, got {self.patch}")
+
+
+@register_config("voxconv")
+@dataclass
+class VoxconvConfig(ModelConfig):
+    """``voxconv``: a ``conv`` network (stages of ``depth``, odd ``kernel``) over voxels of
+    ``voxel_size`` metres; ``head`` must be ``segmentation``."""
+
+    voxel_size: float = 0.1
+    kernel: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._staged()
+        self._segments_points()
+        check_int("kernel", self.kernel, minimum=1)
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {self.kernel}")
+
 
 #: Metres per unit of the coordinate features.
 COORD_SCALE = 2.0
@@ -76,6 +112,7 @@ class PointModel(NdModel):
         return self.forward_head(self.forward_features(x))
 
 
+@register_arch("volt")
 class VoltNet(PointModel):
     """Volume-Transformer-style segmentation: ``PointTokenizer`` (one token per occupied
     patch of ``patch`` voxels of ``voxel_size``) -> transformer blocks with 3-D RoPE on
@@ -92,7 +129,7 @@ class VoltNet(PointModel):
         rates = torch.linspace(0, c.drop_path, c.depth).tolist()
         self.blocks = nn.ModuleList(
             Block(c.dim, c.heads, p, c.mlp_ratio, rate, rope=c.rope, ndim=c.ndim)
-            for p, rate in zip(_cycled(c.pattern, c.depth), rates, strict=True)
+            for p, rate in zip(cycled(c.pattern, c.depth), rates, strict=True)
         )
         self.norm = nn.LayerNorm(c.dim)
         self.skip = nn.Linear(self.tokenizer.hidden, c.dim)
@@ -112,6 +149,7 @@ class VoltNet(PointModel):
         return self.tokenizer(x.xyz, scene_inputs(x), x.batch).layout
 
 
+@register_arch("voxconv")
 class VoxelConvNet(PointModel):
     """A dense N-D CNN over voxels (the distillation teacher for point models).
 
@@ -123,9 +161,12 @@ class VoxelConvNet(PointModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        inner = dataclasses.replace(
-            config, arch="conv", in_chans=config.in_chans + config.ndim + 1, name=""
-        )
+        c = config
+        inner = HierarchicalConfig(
+            arch="conv", ndim=c.ndim, in_chans=c.in_chans + c.ndim + 1,
+            num_classes=c.num_classes, head=c.head, patch=c.patch, dim=c.dim, depth=c.depth,
+            heads=c.heads, mlp_ratio=c.mlp_ratio, drop_path=c.drop_path, kernel=c.kernel,
+        )  # fmt: skip
         self.net = HierarchicalNet(inner)
         self.num_features = self.net.num_features
 
@@ -160,3 +201,12 @@ class VoxelConvNet(PointModel):
         grid = grid.view(scenes, *dims, -1).movedim(-1, 1)  # [B, channels, *dims]
         logits = self.net(grid)  # [B, classes, *dims]
         return logits.movedim(1, -1).reshape(cells, -1)[flat]
+
+
+VOLT_TINY_DIM = 128
+register_model("volt-tiny", "volt", ndim=3, head="segmentation", dim=VOLT_TINY_DIM, depth=6,
+               heads=4, patch=4)  # fmt: skip
+register_model("volt-small", "volt", ndim=3, head="segmentation", dim=256, depth=12, heads=8,
+               patch=4)  # fmt: skip
+register_model("voxconv-tiny", "voxconv", ndim=3, head="segmentation", dim=32,
+               depth=(2, 2, 2, 2), heads=1, patch=2)  # fmt: skip

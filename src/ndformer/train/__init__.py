@@ -1,8 +1,10 @@
 """Training, evaluation and run directories: ``fit``, ``evaluate_model``, ``load``."""
 
 from .checkpoint import atomic_write, load, read_run
+from .config import TrainConfig, TrainingError
+from .data import build_for, resolve_data
+from .evaluate import evaluate_model, predict
 from .fit import RunResult, fit
-from .loop import TrainConfig, TrainingError, build_for, evaluate_model, predict, resolve_data
 from .metrics import Score, accuracy_score, miou_score
 from .segment import segment_file, segment_points
 

@@ -65,3 +65,36 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{run_dir} is not a run directory: run.json is missing")
     return json.loads(path.read_text())
+
+
+def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimizer) -> int:
+    """The step a run into ``out`` starts at: 0 for a new run (refused if ``out`` already
+    holds one), else the saved step, with ``model`` and ``optimizer`` loaded from
+    ``state.pt`` (refused if the saved settings differ from ``config_dict``)."""
+    from .config import TrainingError
+
+    state_path = out / "state.pt"
+    if not resume:
+        if state_path.exists():
+            raise TrainingError(
+                f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        return 0
+    if not state_path.exists():
+        raise TrainingError(f"--resume: {state_path} does not exist")
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state["config"] != config_dict:
+        changed = sorted(k for k, v in config_dict.items() if state["config"].get(k) != v)
+        raise TrainingError(f"--resume: the settings differ from the saved run in {changed}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def save_checkpoint(out: Path, step: int, config_dict: dict[str, Any], model, optimizer) -> None:
+    """The weights (``model.safetensors``) and the resume state (``state.pt``) after
+    ``step`` steps, each replaced atomically."""
+    save_weights(out / "model.safetensors", model)
+    state = dict(step=step, config=config_dict, model=model.state_dict(),
+                 optimizer=optimizer.state_dict())  # fmt: skip
+    save_state(out / "state.pt", state)

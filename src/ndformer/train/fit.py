@@ -10,30 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models import NdModel
-from ..tasks.points import IGNORE, PointTaskData
-from .checkpoint import load, read_run, save_state, save_weights, write_json
-from .loop import (
-    METRIC_COLUMNS,
+from ..tasks.points import PointTaskData
+from .checkpoint import load, read_run, restore, save_checkpoint, write_json
+from .config import METRIC_COLUMNS, TrainConfig, TrainingError
+from .data import (
     Data,
-    TrainConfig,
-    TrainingError,
-    _distill_loss,
-    _param_groups,
-    _step_seed,
     batch_indices,
     build_for,
     check_model_fits,
-    evaluate_model,
-    lr_at,
     make_batch,
     num_samples,
     resolve_data,
-    train_metric,
+    step_seed,
 )
+from .evaluate import evaluate_model
 from .metrics import Score
+from .step import lr_at, param_groups, train_step
 
 
 @dataclass
@@ -47,7 +41,7 @@ class RunResult:
     steps: int
 
 
-class _Reporter:
+class Reporter:
     """Progress bar, ``metrics.csv`` and (optionally) TensorBoard for one run."""
 
     def __init__(self, out: Path, config: TrainConfig, start: int, progress: bool, title: str):
@@ -129,23 +123,46 @@ def _teacher(config: TrainConfig, data: Data, out: Path, progress: bool) -> NdMo
     return fit(teacher_config, teacher_dir, data=data, resume=resume, progress=progress).model
 
 
-def _prepare(config: TrainConfig, out: Path, resume: bool, model: NdModel, optimizer) -> int:
-    state_path = out / "state.pt"
-    if not resume:
-        if state_path.exists():
-            raise TrainingError(
-                f"{out} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        return 0
-    if not state_path.exists():
-        raise TrainingError(f"--resume: {state_path} does not exist")
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
-    if state["config"] != config.to_dict():
-        changed = sorted(k for k, v in config.to_dict().items() if state["config"].get(k) != v)
-        raise TrainingError(f"--resume: the settings differ from the saved run in {changed}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+def data_summary(data: Data) -> dict[str, Any]:
+    """What ``run.json`` records of the data: name, task kind, classes, normalisation."""
+    info = dict(
+        name=data.name, kind=data.kind, num_classes=data.num_classes, class_names=data.class_names
+    )
+    if isinstance(data, PointTaskData):
+        info.update(points=True, voxel_size=data.voxel_size, in_chans=data.in_chans)
+    else:
+        info.update(spatial=list(data.spatial), mean=data.mean.flatten().tolist(),
+                    std=data.std.flatten().tolist())  # fmt: skip
+    return info
+
+
+class _Meter:
+    """Loss, training metric and samples/s since the last log."""
+
+    def __init__(self) -> None:
+        self.seen, self.seconds = 0, 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = self.metric = 0.0
+        self.steps = 0
+
+    def add(self, loss: float, metric: float, samples: int, seconds: float) -> None:
+        self.loss, self.metric, self.steps = self.loss + loss, self.metric + metric, self.steps + 1
+        self.seen, self.seconds = self.seen + samples, self.seconds + seconds
+
+    @property
+    def rate(self) -> float:
+        return self.seen / max(self.seconds, 1e-9)
+
+    def row(self, step: int, lr: float, val: Score) -> dict[str, Any]:
+        return dict(step=step, lr=f"{lr:.3e}", loss=f"{self.loss / self.steps:.5f}",
+                    train_metric=f"{self.metric / self.steps:.5f}",
+                    samples_per_s=f"{self.rate:.1f}", val_metric=f"{val.value:.5f}")  # fmt: skip
+
+    def info(self) -> str:
+        return (f"loss {self.loss / self.steps:.3f} acc {100 * self.metric / self.steps:.1f}%"
+                f" {self.rate:.0f}/s")  # fmt: skip
 
 
 def fit(
@@ -170,105 +187,42 @@ def fit(
     data = data or resolve_data(config, progress)
     model = build_for(config, data)
     check_model_fits(model, data)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    start = _prepare(config, out, resume, model, optimizer)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    settings = config.to_dict()
+    start = restore(out, settings, resume, model, optimizer)
     write_json(out / "config.json", model.config.to_dict())
-    data_info = dict(
-        name=data.name, kind=data.kind, num_classes=data.num_classes, class_names=data.class_names
-    )
-    if isinstance(data, PointTaskData):
-        data_info.update(points=True, voxel_size=data.voxel_size, in_chans=data.in_chans)
-    else:
-        data_info.update(
-            spatial=list(data.spatial),
-            mean=data.mean.flatten().tolist(),
-            std=data.std.flatten().tolist(),
-        )
-    run_info = dict(status="running", train=config.to_dict(), data=data_info)
+    run_info = dict(status="running", train=settings, data=data_summary(data))
     write_json(out / "run.json", run_info)
     teacher = _teacher(config, data, out, progress)
     every = config.eval_every or max(1, config.steps // 10)
-    reporter = _Reporter(out, config, start, progress, f"{config.model} {config.pattern or ''}")
-    train_size = num_samples(data, "train")
-    seen, train_time, began = 0, 0.0, time.perf_counter()
-    loss_sum = metric_sum = 0.0
-    logged = 0
-    step = start
+    reporter = Reporter(out, config, start, progress, f"{config.model} {config.pattern or ''}")
+    train_size, meter, began = num_samples(data, "train"), _Meter(), time.perf_counter()
     try:
         for step in range(start, config.steps):
             tick = time.perf_counter()
-            model.train()
-            lr = lr_at(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(_step_seed(config.seed, step))
+            torch.manual_seed(step_seed(config.seed, step))  # stochastic depth
             index = batch_indices(config, train_size, step)
-            gen = None
-            if config.augment:
-                gen = torch.Generator().manual_seed(_step_seed(config.seed, step) + 1)
-            x, y = make_batch(data, "train", index, gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher.eval()
-                        target = teacher(x).float()
-                    kd = _distill_loss(logits.float(), target, config.temperature, y)
-                    loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step + 1}; stopped, the last checkpoint"
-                    f" in {out} is kept (try a lower --lr)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
-            train_time += time.perf_counter() - tick
-            seen += len(index)
-            loss_sum += loss.item()
-            metric_sum += train_metric(logits, y)
-            logged += 1
+            gen = torch.Generator().manual_seed(step_seed(config.seed, step) + 1)
+            batch = make_batch(data, "train", index, gen if config.augment else None)
+            result = train_step(model, optimizer, config, step, batch, teacher, out=out)
+            meter.add(result.loss, result.metric, len(index), time.perf_counter() - tick)
             done = step + 1
-            rate = seen / max(train_time, 1e-9)
-            info = f"loss {loss_sum / logged:.3f} acc {100 * metric_sum / logged:.1f}% {rate:.0f}/s"
-            reporter.advance(done, info)
+            reporter.advance(done, meter.info())
             last = done == config.steps
             stopping = done == stop_after or (
                 time_limit is not None and time.perf_counter() - began > time_limit
             )
             if done % every == 0 or last or stopping:
                 val = evaluate_model(model, data, "val", limit=config.eval_samples)
-                reporter.log(
-                    dict(
-                        step=done,
-                        lr=f"{lr:.3e}",
-                        loss=f"{loss_sum / logged:.5f}",
-                        train_metric=f"{metric_sum / logged:.5f}",
-                        samples_per_s=f"{rate:.1f}",
-                        val_metric=f"{val.value:.5f}",
-                    )
-                )
-                loss_sum = metric_sum = 0.0
-                logged = 0
-                save_weights(out / "model.safetensors", model)
-                save_state(
-                    out / "state.pt",
-                    dict(
-                        step=done,
-                        config=config.to_dict(),
-                        model=model.state_dict(),
-                        optimizer=optimizer.state_dict(),
-                    ),
-                )
+                reporter.log(meter.row(done, lr_at(config, step), val))
+                meter.reset()
+                save_checkpoint(out, done, settings, model, optimizer)
             if stopping and not last:
-                return RunResult(out, model, None, seen / max(train_time, 1e-9), done)
+                return RunResult(out, model, None, meter.rate, done)
     finally:
         reporter.close()
     score = evaluate_model(model, data, "test")
-    rate = seen / max(train_time, 1e-9)
-    run_info.update(status="done", test=score.to_dict(), samples_per_s=rate, steps=config.steps)
+    run_info.update(status="done", test=score.to_dict(), samples_per_s=meter.rate,
+                    steps=config.steps)  # fmt: skip
     write_json(out / "run.json", run_info)
-    return RunResult(out, model, score, rate, config.steps)
+    return RunResult(out, model, score, meter.rate, config.steps)

@@ -1,0 +1,66 @@
+"""``TrainConfig``: the settings of one training run, and ``TrainingError``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+METRIC_COLUMNS = ["step", "lr", "loss", "train_metric", "samples_per_s", "val_metric"]
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (bad data, NaN loss, ...); the last checkpoint is intact."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (saved in ``run.json``; ``--resume`` requires equal ones).
+
+    ``task`` names a generated/bundled task, ``data`` a user path (one of the two).
+    ``patch`` defaults to the task's suggestion; ``overrides`` go to ``create_model``.
+    ``teacher``: ``"conv"`` trains an N-D CNN first (in ``out/teacher``) and distills
+    its logits, or the path of a finished run to use as the teacher.
+    """
+
+    task: str | None = None
+    data: str | None = None
+    model: str = "vit-tiny"
+    pattern: str | list[str] | None = None
+    patch: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    clip: float = 1.0
+    amp: bool = False
+    seed: int = 0
+    eval_every: int = 0
+    eval_samples: int = 1000
+    augment: bool = True
+    teacher: str | None = None
+    teacher_steps: int | None = None
+    distill_alpha: float = 0.5
+    temperature: float = 2.0
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.task is None) == (self.data is None):
+            raise ValueError("give exactly one of task (--task) and data (--data)")
+        for name in ("steps", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(
+                f"warmup (a fraction of the steps) must be in [0, 1), got {self.warmup}"
+            )
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))

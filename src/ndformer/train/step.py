@@ -1,0 +1,99 @@
+"""One training step: learning-rate schedule, parameter groups, losses.
+
+AdamW with linear warmup and cosine decay, gradient clipping, optional bf16 autocast and
+distillation from a teacher's logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models import NdModel
+from ..tasks.points import IGNORE
+from .config import TrainConfig, TrainingError
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Linear warmup over ``warmup * steps``, then cosine decay to 1% of ``lr``."""
+    warm = int(config.warmup * config.steps)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, config.steps - warm)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices, none on biases and norms."""
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        (plain if param.dim() < 2 or name.endswith(".bias") else decay).append(param)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=plain, weight_decay=0.0)]
+
+
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, labels: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher || student) at ``temperature`` (times T^2), over labelled outputs."""
+    log_p = F.log_softmax(student / temperature, dim=1)
+    q = F.softmax(teacher / temperature, dim=1)
+    per_item = F.kl_div(log_p, q, reduction="none").sum(1)
+    labelled = labels != IGNORE
+    return per_item[labelled].mean() * temperature**2
+
+
+def train_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of the labelled outputs (per sample, pixel or point)."""
+    labelled = labels != IGNORE
+    return float((logits.argmax(1) == labels)[labelled].float().mean())
+
+
+@dataclass
+class StepResult:
+    """What one training step reports: its loss and training metric."""
+
+    loss: float
+    metric: float
+
+
+def train_step(
+    model: NdModel,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    step: int,
+    batch: tuple,
+    teacher: NdModel | None = None,
+    out: object = None,
+) -> StepResult:
+    """Step ``step`` (0-based) on ``batch`` = (inputs, labels): the scheduled learning
+    rate, the step's seed for stochastic depth, cross-entropy (plus distillation from
+    ``teacher``), backward, gradient clipping and the optimizer step. Raises
+    ``TrainingError`` if the loss is not finite (before any weight changes; ``out``, the
+    run directory, is named in the message)."""
+    model.train()
+    lr = lr_at(config, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher.eval()(x).float()
+            kd = distill_loss(logits.float(), target, config.temperature, y)
+            loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"loss became {loss.item()} at step {step + 1}; stopped, the last checkpoint"
+            f"{f' in {out}' if out is not None else ''} is kept (try a lower --lr)"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+    optimizer.step()
+    return StepResult(loss.item(), train_metric(logits, y))
