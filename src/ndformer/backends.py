@@ -338,3 +338,30 @@ def chosen(call: Call) -> str:
         ]
         return "headsplit: " + ", ".join(parts)
     return choose(call).name
+
+
+def describe(
+    pattern: Pattern | str,
+    layout: Grid | Points | tuple[int, ...],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    heads: int = 4,
+    head_dim: int = 32,
+) -> dict[str, object]:
+    """What ``attend`` does with ``pattern`` on ``layout`` (no tensors are made): the
+    backend ``auto`` takes at inference and under autograd, and every backend's verdict
+    (None = runs it) — what ``ndformer info`` prints."""
+    from .layout import as_layout
+    from .patterns import pattern as parse_pattern
+
+    pattern, layout = parse_pattern(pattern), as_layout(layout)
+    pattern.check(layout)
+    result: dict[str, object] = {"pattern": repr(pattern)}
+    for mode, grad in (("inference", False), ("training", True)):
+        call = Call(pattern, layout, torch.device(device), dtype, heads, head_dim, grad)
+        result[mode] = chosen(call)
+        result[f"{mode} backends"] = {
+            name: unsupported(name, call) for name in BACKENDS if name != "reference"
+        }
+    return result

@@ -188,13 +188,27 @@ def build_app():
     @app.command(epilog=EXAMPLES_INFO)
     def info(
         device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+        shape: Annotated[
+            str, typer.Option(help="Grid shape for the backend table, e.g. 64x64 or 32x32x32.")
+        ] = "64x64",
+        patterns: Annotated[
+            list[str] | None,
+            typer.Option(help="Patterns for the backend table. Default: a standard set."),
+        ] = None,
     ) -> None:
-        """Versions, device, threads and the measured float32 matmul peak."""
+        """Versions, device, threads, the measured float32 matmul peak, and which backend
+        attend takes for each pattern, at inference and in training."""
         from .bench.measure import matmul_peak
         from .bench.report import machine_info
+        from .viz import parse_shape
 
         for key, value in machine_info(device, matmul_peak(device)).items():
             console.print(f"{key:>20}: {value}")
+        try:
+            table = backend_table(patterns or INFO_PATTERNS, parse_shape(shape), device)
+        except ValueError as err:
+            _fail(console, str(err))
+        console.print(table)
 
     from .cli_train import register
 
@@ -209,6 +223,35 @@ def build_app():
             console.print(signature(name))
 
     return app
+
+
+#: Patterns of ``ndformer info``'s backend table.
+INFO_PATTERNS = (
+    "full", "window(8)", "window(8, shift=4)", "neighborhood(7)", "stripe(0, 8)", "axial(0)",
+    "causal(0)", "window(8) | axial(0)", "pooled(4)", "linear", "serialized('hilbert', 64)",
+)  # fmt: skip
+
+
+def backend_table(specs, shape: tuple[int, ...], device: str):
+    """A rich table: for each pattern, the backend ``auto`` takes at inference and in
+    training on a grid of ``shape`` (float32, 4 heads of 32), and the other backends that
+    run it (``ndformer.backends.describe``)."""
+    import torch
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .backends import describe
+
+    table = Table(title=f"attend on a {'x'.join(map(str, shape))} grid ({device}, float32)")
+    for column in ("pattern", "auto: inference", "auto: training", "also runs it (training)"):
+        table.add_column(column)
+    for spec in specs:
+        row = describe(spec, shape, device=torch.device(device))
+        others = [n for n, why in row["training backends"].items()
+                  if why is None and n not in str(row["training"])]  # fmt: skip
+        table.add_row(*(escape(str(x)) for x in (row["pattern"], row["inference"],
+                                                  row["training"], ", ".join(others))))  # fmt: skip
+    return table
 
 
 def parse_pattern_spec(spec: str) -> str:

@@ -32,8 +32,26 @@ DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Case:
+@dataclass(kw_only=True)
+class Setting:
+    """How a case is measured: shared by every ``Case`` and the ``BenchConfig`` that plans
+    them (``plan_cases`` copies these fields from the config into each case). Keyword-only,
+    so that a case's own fields stay positional."""
+
+    heads: int = 4
+    head_dim: int = 32
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    backward: bool = False
+    repeats: int = 10  # timed calls (at least)
+    min_seconds: float = 0.5  # keep timing at least this long
+    warmup: int = 2  # untimed calls first
+    backend: str = "auto"  # attend's backend for pattern rows
+
+
+@dataclass
+class Case(Setting):
     """One measurement: a pattern spec (or a reference row) on one grid shape, or with
     ``points`` on a generated 3-D scene of ``shape[0]`` occupied voxels."""
 
@@ -41,16 +59,6 @@ class Case:
     reference: str | None  # None, FULL_SDPA or DENSE_MASKED (then ``pattern`` gives the mask)
     shape: tuple[int, ...]
     points: bool = False
-    heads: int = 4
-    head_dim: int = 32
-    batch: int = 1
-    dtype: str = "float32"
-    device: str = "cpu"
-    backward: bool = False
-    repeats: int = 10
-    min_seconds: float = 0.5
-    warmup: int = 2
-    backend: str = "auto"  # attend's backend for pattern rows
 
     @property
     def label(self) -> str:
@@ -262,4 +270,19 @@ def measure_case(case: Case) -> dict:
         "pairs": sum(pairs) / case.heads,
         "gflop": flops / 1e9,
         "gflop_per_s": flops / 1e9 / (median / 1e3),
+        "kernel": case_backend(case, layout),
     }
+
+
+def case_backend(case: Case, layout: Grid | Points) -> str:
+    """The backend that ran a case: ``sdpa`` for the reference rows, else what ``attend``
+    chose (``ndformer.backends``, the same checks ``attend`` uses)."""
+    if case.reference is not None:
+        return "sdpa"
+    if case.backend != "auto":
+        return case.backend
+    from ..backends import Call, chosen
+
+    call = Call(parse_pattern(case.pattern), layout, torch.device(case.device),
+                DTYPES[case.dtype], case.heads, case.head_dim, case.backward)  # fmt: skip
+    return chosen(call)

@@ -17,7 +17,7 @@ from .runner import Row, sweep_exponents
 CSV_COLUMNS = (
     "pattern", "shape", "ndim", "tokens", "heads", "head_dim", "batch", "dtype", "device",
     "pass", "median_ms", "iqr_ms", "peak_mib", "pairs", "gflop", "gflop_per_s", "efficiency",
-    "note",
+    "kernel", "note",
 )  # fmt: skip
 
 
@@ -75,7 +75,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
             for key in CSV_COLUMNS[10:17]:
                 value = row.value(key)
                 values.append("" if value is None else f"{value:.6g}")
-            values.append(row.note)
+            values += [row.value("kernel") or "", row.note]
             writer.writerow(values)
 
 
@@ -116,9 +116,9 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
         full = next((r for r in group if r.case.label.startswith("full") and r.result), None)
         lines += [f"## {group[0].case.shape_label} ({group[0].case.tokens} tokens)", ""]
         lines += [
-            "| pattern | median ms | IQR ms | peak MiB | pairs/query | GFLOP | GFLOP/s |"
-            " efficiency | time vs full |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| pattern | backend | median ms | IQR ms | peak MiB | pairs/query | GFLOP |"
+            " GFLOP/s | efficiency | time vs full |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in group:
             label = r.case.label
@@ -126,12 +126,13 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
                 label += f" ({r.case.pattern} mask)"
             label = _cell(label)
             if r.result is None:
-                lines.append(f"| {label} | {r.note} | | | | | | | |")
+                lines.append(f"| {label} | | {r.note} | | | | | | | |")
                 continue
             res = r.result
             ratio = f"{res['median_ms'] / full.result['median_ms']:.3f}×" if full else ""
             lines.append(
-                f"| {label} | {res['median_ms']:.2f} | {res['iqr_ms']:.2f} | {res['peak_mib']:.0f}"
+                f"| {label} | {res.get('kernel', '')} | {res['median_ms']:.2f}"
+                f" | {res['iqr_ms']:.2f} | {res['peak_mib']:.0f}"
                 f" | {res['pairs'] / r.case.tokens:.1f} | {res['gflop']:.3f}"
                 f" | {res['gflop_per_s']:.1f} | {100 * res['efficiency']:.1f}% | {ratio} |"
             )

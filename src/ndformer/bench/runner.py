@@ -14,7 +14,16 @@ from .._io import run_json_worker
 from ..backends import Call, unsupported
 from ..layout import Grid
 from ..patterns import pattern as parse_pattern
-from .measure import DENSE_MASKED, DTYPES, FULL_SDPA, Case, case_flops, dense_bytes, pairs_per_head
+from .measure import (
+    DENSE_MASKED,
+    DTYPES,
+    FULL_SDPA,
+    Case,
+    Setting,
+    case_flops,
+    dense_bytes,
+    pairs_per_head,
+)
 
 #: ``attend`` backends that ``bench --backend`` can time.
 FAST_BACKENDS = ("auto", "tiled", "blocksparse", "flex", "native")
@@ -47,27 +56,23 @@ SWEEP_SHAPES = {
 
 
 @dataclass
-class BenchConfig:
-    """Everything ``ndformer bench`` was asked to do."""
+class BenchConfig(Setting):
+    """Everything ``ndformer bench`` was asked to do: the ``Setting`` of every case (with
+    ``repeats`` / ``min_seconds`` / ``warmup`` None = 3 / 0.25 s / 1 with --quick and
+    --sweep, else 10 / 1 s / 2; ``backend`` for the mask patterns, the others keep
+    ``auto``'s path) and which cases to plan."""
 
+    repeats: int | None = None
+    min_seconds: float | None = None
+    warmup: int | None = None
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
     shapes: list[tuple[int, ...]] | None = None  # default: SWEEP / QUICK / DEFAULT_SHAPES
     #: Generated 3-D point scenes of these many occupied voxels (after the grid shapes).
     points: list[int] = field(default_factory=list)
-    heads: int = 4
-    head_dim: int = 32
-    batch: int = 1
-    dtype: str = "float32"
-    device: str = "cpu"
-    backward: bool = False
     quick: bool = False
     sweep: bool = False
     max_memory_gib: float = 4.0
     max_seconds: float = 20.0  # per timed call; longer cases are skipped as estimated
-    repeats: int | None = None  # timed calls per case (default 3 with --quick/--sweep, else 10)
-    min_seconds: float | None = None  # keep timing at least this long (default 0.25 / 1.0)
-    warmup: int | None = None  # untimed calls first (default 1 with --quick/--sweep, else 2)
-    backend: str = "auto"  # attend's backend for the mask patterns (others keep their own path)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -129,11 +134,7 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
     Cases that cannot fit (pattern does not apply to the shape, dense mask too
     large, estimated time too long) become rows with a note instead of a result.
     """
-    # Every per-case setting (heads, dtype, repeats, ...) comes from the config field of its name.
-    per_case = [
-        f.name for f in fields(Case) if f.name not in ("pattern", "reference", "shape", "points")
-    ]
-    base = {name: getattr(config, name) for name in per_case}
+    base = {f.name: getattr(config, f.name) for f in fields(Setting)}
     rows: list[Row] = []
     sizes = [(s, False) for s in config.shapes] + [((n,), True) for n in config.points]
     for shape, points in sizes:
