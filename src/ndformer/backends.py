@@ -14,6 +14,7 @@ take the split whole) runs each head group through its own pattern's choice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -121,10 +122,24 @@ def _sdpa_supports(call: Call) -> str | None:
     return None
 
 
+def _grouped(call: Call) -> bool:
+    return not call.on_grid or isinstance(call.pattern, SortedGroups)
+
+
+@functools.lru_cache(maxsize=8)
+def group_ids(pattern: Pattern, layout: Grid | Points) -> torch.Tensor | None:
+    """``pattern.group_ids`` of ``layout`` as points, cached for the last few (pattern,
+    layout) pairs (a ``Points`` layout is hashed by identity)."""
+    return pattern.group_ids(as_points(layout))
+
+
 def _native_supports(call: Call) -> str | None:
-    if (reason := _separable(call, local=False)) is not None:
+    if _grouped(call):
+        if (reason := _groups_supports(call)) is not None:
+            return reason
+    elif (reason := _separable(call, local=False)) is not None:
         return reason
-    reason = native_kernels.native_unavailable(call.device, call.dtype, call.needs_grad)
+    reason = native_kernels.native_unavailable(call.device, call.dtype)
     if reason is not None:
         return reason
     plan = _native_plan(call)
@@ -132,12 +147,16 @@ def _native_supports(call: Call) -> str | None:
 
 
 def _native_plan(call: Call):
+    if _grouped(call):
+        return native_kernels.points_plan(group_ids(call.pattern, call.layout), call.dtype)
     return native_kernels.native_plan(
         tuple(call.pattern.axis_rules(call.layout)), call.layout.shape, call.dtype
     )
 
 
 def _native_declines(call: Call) -> str | None:
+    if _grouped(call):
+        return None
     rules = call.pattern.axis_rules(call.layout)
     if all(isinstance(r, AllRule) for r in rules):
         return "leaves full attention to SDPA"
@@ -149,7 +168,7 @@ def _groups_supports(call: Call) -> str | None:
         return "runs patterns on points (and sorted groups on grids)"
     if not call.pattern.is_mask:
         return f"needs a mask pattern; {call.pattern!r} is not one"
-    if call.pattern.group_ids(as_points(call.layout)) is None:
+    if group_ids(call.pattern, call.layout) is None:
         return f"needs a partition into groups; {call.pattern!r} is not one"
     return None
 
@@ -184,11 +203,16 @@ def _run_sdpa(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
 
 
 def _run_native(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
-    return native_kernels.native_attention(q, k, v, _native_plan(call), scale)
+    if _grouped(call):
+        groups = group_ids(call.pattern, call.layout)
+        return native_kernels.native_group_attention(q, k, v, groups, scale, call.needs_grad)
+    rules = call.pattern.axis_rules(call.layout)
+    return native_kernels.native_attention(q, k, v, rules, call.layout.shape, scale,
+                                           call.needs_grad)  # fmt: skip
 
 
 def _run_groups(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
-    groups = call.pattern.group_ids(as_points(call.layout))
+    groups = group_ids(call.pattern, call.layout)
     return group_attention(q, k, v, groups.to(q.device), scale)
 
 
@@ -229,7 +253,8 @@ _ALL = (
     ),
     Backend(
         "native",
-        "ndformer's compiled CPU kernels for separable patterns (float32 / float64)",
+        "ndformer's compiled CPU kernels (float32 / float64, forward and backward) for"
+        " separable patterns on grids and same-group patterns on points",
         _native_supports,
         _run_native,
         declines=_native_declines,

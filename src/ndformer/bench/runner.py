@@ -91,8 +91,6 @@ class BenchConfig(Setting):
             raise ValueError(
                 f"backend must be one of {', '.join(FAST_BACKENDS)}; got {self.backend!r}"
             )
-        if self.backend == "native" and self.backward:
-            raise ValueError("backend native is inference-only (no backward): drop --backward")
         if self.backend == "flex" and self.backward and device.type == "cpu":
             raise ValueError(
                 "backend flex times inference only on CPU (no CPU backward): drop --backward"

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._cache import plan_cache
-from ..patterns.axis import AxisRule
+from ..._cache import plan_cache
+from ...patterns.axis import AxisRule
 from . import lane_plans
 from .lane_plans import PERM, SHIFT, LanePlan, lane_plan
 
-#: Tiles per stacked group and fields per block (``Stack::R``, ``Stack::FIELDS``).
-STACK, STACK_FIELDS, STACK_COLUMNS = 3, 7, 8
+#: Tiles per stacked group, fields per block and duplicate-lane layers of a fold
+#: (``Stack::R``, ``Stack::FIELDS``, ``Stack::FOLDS``; checked against the library at
+#: load). The columns per block (``Stack::COLUMNS``) depend on the machine's registers:
+#: plans take them as an argument.
+STACK, STACK_FIELDS, STACK_FOLDS = 3, 7, 8
 #: The stacked kernel transposes K and V in chunks of about this many key tokens (more
 #: for a group with a long reach), so that they stay in cache on large grids.
 STACK_SPAN = 1 << 15
@@ -38,7 +41,8 @@ class StackPlan:
     [G] int32 (the group's block list), column [G] int64 (added to its blocks' columns),
     perm [G] int32 (row of idx [P, VL], -1 = identity), first [S + 1] int32 (block range
     of each block list) and blocks [NB, 7] int32: column, first tile, tiles, columns
-    (<= 8) and each tile's slot of the first column. Groups are in token order and cut into chunks
+    (<= ``columns``) and each tile's slot of the first column. Groups are in token order and
+    cut into chunks
     [C, 4] int64: first group, end group, first key token, end key token (the columns
     the chunk's groups read, VL past the last key included). ``rest`` [M] int32: the
     tiles left to the lane kernel.
@@ -50,6 +54,10 @@ class StackPlan:
     column: np.ndarray
     perm: np.ndarray
     idx: np.ndarray
+    #: [P, STACK_FOLDS + 1, VL] int32 and [P] int32: how the backward adds a vector of
+    #: row idx back onto its keys (``fold_lanes``).
+    fold: np.ndarray
+    shift: np.ndarray
     first: np.ndarray
     blocks: np.ndarray
     chunks: np.ndarray
@@ -73,7 +81,7 @@ def _tile_keys(plan: LanePlan, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return keys, perm[..., None] & (off < 0)
 
 
-def _blocks(rel: np.ndarray) -> list[list[int]]:
+def _blocks(rel: np.ndarray, columns: int) -> list[list[int]]:
     """Blocks of one group whose tiles read key columns rel [nt, S] (see StackPlan)."""
     users: dict[int, list[tuple[int, int]]] = {}
     for t in range(rel.shape[0]):
@@ -95,7 +103,7 @@ def _blocks(rel: np.ndarray) -> list[list[int]]:
             and b[0] + b[3] == c
             and b[1] == ts[0]
             and b[2] == len(ts)
-            and b[3] < STACK_COLUMNS
+            and b[3] < columns
             and all(b[4 + i] + b[3] == s for i, s in enumerate(slots))
         ):
             b[3] += 1
@@ -103,6 +111,35 @@ def _blocks(rel: np.ndarray) -> list[list[int]]:
         open_block = [c, ts[0], len(ts), 1, *slots, *[0] * (STACK - len(ts))]
         blocks.append(open_block)
     return blocks
+
+
+def fold_lanes(idx: np.ndarray, real: int) -> tuple[int, np.ndarray] | None:
+    """How the backward adds a vector ``x`` whose lane l belongs to key column ``idx[l]``
+    (relative to a block column) back onto those keys with one vector add at column
+    ``shift``: (shift <= 0, sources [STACK_FOLDS + 1, VL]), lane p of the added vector being
+    the sum of x over ``sources[:, p]`` (-1 = none; layer 0 is x's own lane p where it owns
+    that key). Lanes ``>= real`` are idle (zero) and may be dropped. The shift with the
+    fewest layers wins; None if no shift needs at most ``STACK_FOLDS`` extra layers."""
+    vl = len(idx)
+    best = None
+    for shift in range(-(vl - 1), 1):
+        target = idx - shift
+        inside = (target >= 0) & (target < vl)
+        if not inside[:real].all():
+            continue
+        sources = np.full((STACK_FOLDS + 1, vl), -1, np.int64)
+        depth = np.zeros(vl, np.int64)
+        own = inside & (target == np.arange(vl))
+        sources[0, np.nonzero(own)[0]] = np.nonzero(own)[0]
+        for lane in np.nonzero(inside & ~own)[0]:
+            depth[target[lane]] += 1
+            if depth[target[lane]] > STACK_FOLDS:
+                break
+            sources[depth[target[lane]], target[lane]] = lane
+        else:
+            if best is None or depth.max() < best[0]:
+                best = (int(depth.max()), shift, sources)
+    return None if best is None else (best[1], best[2].astype(np.int32))
 
 
 def empty_stack(tiles: int, vl: int) -> StackPlan:
@@ -114,6 +151,8 @@ def empty_stack(tiles: int, vl: int) -> StackPlan:
         column=np.zeros(0, np.int64),
         perm=np.zeros(0, np.int32),
         idx=np.zeros((1, vl), np.int32),
+        fold=np.full((1, STACK_FOLDS + 1, vl), -1, np.int32),
+        shift=np.zeros(1, np.int32),
         first=np.zeros(1, np.int32),
         blocks=np.zeros((1, STACK_FIELDS), np.int32),
         chunks=np.zeros((0, 4), np.int64),
@@ -149,21 +188,38 @@ def _stackable(plan: LanePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 @plan_cache(64)
-def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> StackPlan | None:
-    """The stacked regrouping of ``lane_plan(rules, shape, vl)`` (None without a plan)."""
+def stack_plan(
+    rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int, columns: int
+) -> StackPlan | None:
+    """The stacked regrouping of ``lane_plan(rules, shape, vl)`` (None without a plan),
+    blocks of at most ``columns`` key columns."""
     plan = lane_plan(rules, shape, vl)
     if plan is None:
         return None
     tiles, lanes, col, idx = _stackable(plan)
+    lane = np.arange(vl)
+    # lane indices whose backward cannot fold back onto their keys stay in the lane kernel
+    rows, inverse = np.unique(idx, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    real = np.zeros(len(rows), np.int64)
+    np.maximum.at(real, inverse, lanes)
+    folds = [fold_lanes(r, m) for r, m in zip(rows, real, strict=True)]
+    keep = np.array([f is not None for f in folds], bool)[inverse]
+    tiles, lanes, col, idx = tiles[keep], lanes[keep], col[keep], idx[keep]
     if not len(tiles):
         return empty_stack(plan.tiles, vl)
-    lane = np.arange(vl)
     # one row of ``table`` per distinct non-identity lane index; -1 = identity
     table, perm = np.unique(idx, axis=0, return_inverse=True)
     perm = perm.reshape(-1)
     identity = (table == lane).all(1)
     perm = np.where(identity[perm], -1, (np.cumsum(~identity) - 1)[perm])
     table = table[~identity] if (~identity).any() else np.zeros((1, vl), np.int64)
+    row_of = {r.tobytes(): f for r, f in zip(rows, folds, strict=True)}
+    fold = np.full((len(table), STACK_FOLDS + 1, vl), -1, np.int32)
+    shift = np.zeros(len(table), np.int32)
+    if (~identity).any():
+        for i, r in enumerate(table):
+            shift[i], fold[i] = row_of[r.tobytes()]
     # stack tiles with the same lane index and position along the last axis, in token order
     tok0 = plan.tokens[tiles, 0].astype(np.int64)
     x = tok0 % shape[-1]
@@ -195,7 +251,7 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
         key = rel.tobytes() + bytes([count[g]])
         if key not in sigs:
             sigs[key] = len(sigs)
-            listed = _blocks(rel)
+            listed = _blocks(rel, columns)
             blocks += listed
             first.append(first[-1] + len(listed))
         sig[g] = sigs[key]
@@ -206,6 +262,8 @@ def stack_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> 
         column=g_min,
         perm=g_perm.astype(np.int32),
         idx=np.ascontiguousarray(table, dtype=np.int32),
+        fold=fold,
+        shift=shift,
         first=np.asarray(first, np.int32),
         blocks=np.asarray(blocks, np.int32),
         chunks=_chunks(g_min, g_max + vl),

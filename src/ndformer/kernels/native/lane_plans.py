@@ -1,4 +1,5 @@
-"""Plans of the native kernels: which keys each tile of queries reads (see cpp/*.h).
+"""Plans of the lane and shared-keys kernels: which keys each tile of queries reads
+(see cpp/lanes.h, cpp/shared.h).
 
 Both plans start from the pattern's per-axis rules: every axis gives each coordinate its
 list of key coordinates, a query's keys are those lists crossed (its *slots*), and
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._cache import plan_cache
-from ..patterns.axis import AllRule, AxisRule, PartitionRule, relation
+from ..._cache import plan_cache
+from ...patterns.axis import AllRule, AxisRule, PartitionRule, relation
 
-#: Slot kinds of a lane plan (``enum`` in cpp/lanes.h).
+#: Slot kinds of a lane plan (``enum`` in cpp/lanes.h; checked against the library at load).
 SKIP, SHIFT, BCAST, PERM, GATHER = range(5)
 #: Plans with more key slots per query than this are left to the tiled path.
 MAX_SLOTS = 4096
@@ -24,7 +25,8 @@ MAX_SLOTS = 4096
 PLAN_CHUNK = 1 << 20
 #: Largest plan (tiles x slots entries) built; beyond, the tiled path.
 MAX_PLAN_ENTRIES = 1 << 24
-#: Lane registers per tile of the shared-keys kernel (``Shared::GMAX`` in cpp/shared.h).
+#: Lane registers per tile of the shared-keys kernel (``Shared::GMAX`` in cpp/shared.h;
+#: checked against the library at load).
 SHARED_GROUP = 4
 
 
@@ -82,9 +84,12 @@ def _crossed_keys(
     return token, valid
 
 
-def _query_tiles(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> np.ndarray:
+def _query_tiles(
+    rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int
+) -> tuple[np.ndarray, np.ndarray]:
     """[T, VL] query tokens: the rules' query groups (whole windows; VL-long runs along the
-    last axis) crossed over axes, each group row-major and cut into VL lanes."""
+    last axis) crossed over axes, each group row-major and cut into VL lanes; and [G + 1]
+    the first tile of every group (its tiles are consecutive)."""
     nd = len(shape)
     gid, pos, sizes = [], [], []
     for a, (rule, n) in enumerate(zip(rules, shape, strict=True)):
@@ -115,7 +120,7 @@ def _query_tiles(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -
     offset = np.repeat(np.cumsum(per_group) - per_group, members)
     tiles = np.full((int(per_group.sum()), vl), -1, np.int64)
     tiles[offset + rank // vl, rank % vl] = order
-    return tiles
+    return tiles, np.r_[0, np.cumsum(per_group)]
 
 
 @plan_cache(64)
@@ -127,7 +132,7 @@ def lane_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> L
     slots = math.prod(k.shape[1] for k in keys)
     if slots > MAX_SLOTS:
         return None
-    tokens = _query_tiles(rules, shape, vl)
+    tokens = _query_tiles(rules, shape, vl)[0]
     num_tiles = len(tokens)
     if num_tiles * slots > MAX_PLAN_ENTRIES:
         return None
@@ -180,11 +185,17 @@ def lane_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) -> L
 class SharedPlan:
     """Query tiles whose lanes all share one key list (windows): tokens [T, 4 * VL] int32
     (up to 4 lane registers, -1 = padding), keys [T, S] int32 (the shared keys, -1
-    padded) and counts [T] int32."""
+    padded), counts [T] int32, and first [G + 1] int32: the tiles of group g (whose
+    queries are exactly its keys) are first[g] .. first[g + 1] - 1."""
 
     tokens: np.ndarray
     keys: np.ndarray
     counts: np.ndarray
+    first: np.ndarray
+
+    @property
+    def groups(self) -> int:
+        return len(self.first) - 1
 
     @property
     def tiles(self) -> int:
@@ -205,11 +216,11 @@ def shared_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) ->
         return None
     keys = [_axis_keys(r, n) for r, n in zip(rules, shape, strict=True)]
     slots = math.prod(k.shape[1] for k in keys)
-    tokens = _query_tiles(rules, shape, SHARED_GROUP * vl)
+    tokens, group_first = _query_tiles(rules, shape, SHARED_GROUP * vl)
     if slots > MAX_SLOTS or len(tokens) * slots > MAX_PLAN_ENTRIES:
         return None
-    first = np.stack(np.unravel_index(tokens[:, 0], shape), -1)  # lane 0 is always a query
-    key, valid = _crossed_keys(keys, first, shape)
+    lead = np.stack(np.unravel_index(tokens[:, 0], shape), -1)  # lane 0 is always a query
+    key, valid = _crossed_keys(keys, lead, shape)
     key = np.where(valid, key, -1)
     order = np.argsort(~valid, axis=1, kind="stable")  # a short window's keys first
     compact = np.take_along_axis(key, order, 1)
@@ -218,4 +229,38 @@ def shared_plan(rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int) ->
         tokens=np.ascontiguousarray(tokens, dtype=np.int32),
         keys=np.ascontiguousarray(compact[:, : max(1, int(number.max()))], dtype=np.int32),
         counts=number.astype(np.int32),
+        first=group_first.astype(np.int32),
+    )
+
+
+def group_plan(groups: np.ndarray, vl: int) -> SharedPlan | None:
+    """The shared-keys plan of "attend iff same group" for group ids [N] (points): each
+    group's tokens (in token order) are its keys and, cut into tiles of up to
+    ``SHARED_GROUP * VL``, its queries. None if a group has more than ``MAX_SLOTS`` tokens
+    or the plan would exceed ``MAX_PLAN_ENTRIES``."""
+    width = SHARED_GROUP * vl
+    order = np.argsort(groups, kind="stable")
+    _, counts = np.unique(groups[order], return_counts=True)
+    if counts.max() > MAX_SLOTS:
+        return None
+    starts = np.cumsum(counts) - counts
+    per_group = -(-counts // width)
+    first = np.r_[0, np.cumsum(per_group)]
+    tiles = int(first[-1])
+    if tiles * int(counts.max()) > MAX_PLAN_ENTRIES:
+        return None
+    slots = int(counts.max())
+    keys = np.full((len(counts), slots), -1, np.int64)
+    member = np.repeat(np.arange(len(counts)), counts)
+    rank = np.arange(len(order)) - starts[member]
+    keys[member, rank] = order
+    tile_group = np.repeat(np.arange(len(counts)), per_group)
+    tokens = np.full((tiles, width), -1, np.int64)
+    tile = first[member] + rank // width
+    tokens[tile, rank % width] = order
+    return SharedPlan(
+        tokens=tokens.astype(np.int32),
+        keys=np.ascontiguousarray(keys[tile_group], dtype=np.int32),
+        counts=counts[tile_group].astype(np.int32),
+        first=first.astype(np.int32),
     )

@@ -1,4 +1,4 @@
-// SIMD vectors and the helpers every native kernel shares: loads, exp, softmax, register
+// SIMD vectors and the helpers every native kernel shares: loads and stores, exp, register
 // transposes, lanes <-> rows, threads. Written with GCC/Clang vector extensions (no
 // intrinsics): the compiler lowers them to the widest SIMD the machine has.
 #pragma once
@@ -6,8 +6,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <thread>
 #include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace ndf {
 
@@ -22,6 +25,7 @@ constexpr int VECTOR_BYTES = 16, REGISTERS = 32;
 #else
 constexpr int VECTOR_BYTES = 16, REGISTERS = 16;
 #endif
+constexpr bool WIDE = REGISTERS >= 32;  // register blocks twice as large
 
 template <typename T>
 struct Simd;
@@ -44,16 +48,70 @@ struct Simd<double> {
     static constexpr int shift = 52, bias = 1023;
 };
 
+// Threads: OpenMP, so that inside torch (same runtime, same thread team) the kernels take
+// the threads torch's own operators use and `torch.set_num_threads` governs them.
+inline int thread_index() {
+#if defined(_OPENMP)
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// work(begin, end) over [0, jobs) split into `threads` static ranges, one per thread.
+template <typename F>
+inline void parallel(int64_t jobs, int threads, F work) {
+    if (threads <= 1 || jobs < 2) {
+        work(0, jobs);
+        return;
+    }
+    if (threads > jobs) threads = (int)jobs;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), count = omp_get_num_threads();
+        work(jobs * t / count, jobs * (t + 1) / count);
+    }
+#else
+    work(0, jobs);
+#endif
+}
+
 template <typename T>
 struct Ops {
     using S = Simd<T>;
     using vec = typename S::vec;
+    using uvec = typename S::uvec;
     using ivec = typename S::ivec;
     static constexpr int VL = S::VL;
 
-    static inline vec load(const T* p) { return *(const typename S::uvec*)p; }
+    static inline vec load(const T* p) { return *(const uvec*)p; }
+    static inline void store(T* p, vec x) { *(uvec*)p = x; }
+    static inline void add_to(T* p, vec x) { *(uvec*)p = *(const uvec*)p + x; }
     // x - (+0) == x for every x (unlike x + 0 for x = -0), so this folds to a broadcast.
     static inline vec splat(T x) { return x - vec{}; }
+    // The first m lanes of p (the others `fill`).
+    static inline vec load_n(const T* p, int m, T fill) {
+        if (m == VL) return load(p);
+        vec x = splat(fill);
+        for (int l = 0; l < m; l++) x[l] = p[l];
+        return x;
+    }
+    static inline T hsum(vec x) {
+        T s = 0;
+        for (int l = 0; l < VL; l++) s += x[l];
+        return s;
+    }
+    // x[idx[l]] in lane l (idx in [0, VL)).
+    static inline vec permute(vec x, ivec idx) {
+#if !defined(__clang__)
+        return __builtin_shuffle(x, idx);
+#else
+        vec y;
+        for (int l = 0; l < VL; l++) y[l] = x[idx[l]];
+        return y;
+#endif
+    }
 
     // exp(x) for x <= 0: 2^n * p(r) with |r| <= ln2/2; Taylor terms to float / double
     // precision; x below the smallest normal's log gives 0 (and -inf gives 0).
@@ -93,6 +151,14 @@ struct Ops {
         }
     }
 
+    // One value per lane from a per-token array (lse, delta): x[tok[l]], `fill` for padding.
+    static inline vec gather1(const T* x, const int32_t* tok, T fill) {
+        vec v = splat(fill);
+        for (int l = 0; l < VL; l++)
+            if (tok[l] >= 0) v[l] = x[tok[l]];
+        return v;
+    }
+
     // The inverse for the output: x[tok[l], c] = o[c * stride][l] * inv[l] for real lanes.
     static inline void scatter(T* x, int64_t ev, const int32_t* tok, const vec* o,
                                int64_t stride, vec inv) {
@@ -104,9 +170,10 @@ struct Ops {
     }
 
     // s[i * stride] <- exp(s[i * stride] - max) for i < count, per lane; returns the sums
-    // (the normalisation is left to the output). Lanes with no key at all (padding) stay 0.
-    static inline vec softmax(vec* s, int64_t count, int64_t stride) {
-        vec mx = s[0];
+    // (the normalisation is left to the output) and the maxima in `mx`. Lanes with no key
+    // at all (padding) stay 0.
+    static inline vec softmax(vec* s, int64_t count, int64_t stride, vec& mx) {
+        mx = s[0];
         for (int64_t i = 1; i < count; i++) mx = s[i * stride] > mx ? s[i * stride] : mx;
         mx = mx == splat(-INFINITY) ? splat(0) : mx;
         vec sum = splat(0);
@@ -115,6 +182,14 @@ struct Ops {
             sum += s[i * stride];
         }
         return sum;
+    }
+
+    // The log-sum-exp of a row from softmax's maxima and sums (+inf without any key, so
+    // that the backward's exp(s - lse) is 0 there).
+    static inline vec lse(vec mx, vec sum) {
+        vec out;
+        for (int l = 0; l < VL; l++) out[l] = sum[l] > 0 ? mx[l] + log(sum[l]) : INFINITY;
+        return out;
     }
 
     // One stage of the register transpose: swaps the off-diagonal H x H blocks of every
@@ -159,23 +234,27 @@ struct Ops {
             std::vector<vec> lanes(e);
             for (int64_t t0 = begin * VL; t0 < end * VL && t0 < n; t0 += VL) {
                 rows_to_lanes(x + t0 * e, e, 1, lanes.data(), n - t0 < VL ? (int)(n - t0) : VL);
-                for (int64_t d = 0; d < e; d++) *(typename S::uvec*)(out + d * np + t0) = lanes[d];
+                for (int64_t d = 0; d < e; d++) store(out + d * np + t0, lanes[d]);
             }
         });
     }
 
-    template <typename F>
-    static void parallel(int64_t jobs, int threads, F work) {
-        if (threads <= 1 || jobs < 2) {
-            work(0, jobs);
-            return;
-        }
-        if (threads > jobs) threads = (int)jobs;
-        std::vector<std::thread> pool;
-        for (int i = 1; i < threads; i++)
-            pool.emplace_back(work, jobs * i / threads, jobs * (i + 1) / threads);
-        work(0, jobs / threads);
-        for (auto& th : pool) th.join();
+    // The inverse, accumulated: x[t, d] += xt[d, t] for the n tokens of xt [e, np] (and,
+    // with `more` = the scratch of other workers, spaced `step` apart, their sums too).
+    static void transpose_add(const T* xt, T* x, int64_t n, int64_t e, int64_t np,
+                              int threads, int more = 0, int64_t step = 0) {
+        parallel((n + VL - 1) / VL, threads, [=](int64_t begin, int64_t end) {
+            std::vector<vec> lanes(e);
+            for (int64_t t0 = begin * VL; t0 < end * VL && t0 < n; t0 += VL) {
+                for (int64_t d = 0; d < e; d++) {
+                    vec sum = load(xt + d * np + t0);
+                    for (int w = 1; w <= more; w++) sum += load(xt + w * step + d * np + t0);
+                    lanes[d] = sum;
+                }
+                lanes_to_rows(lanes.data(), e, splat(1), x + t0 * e, n - t0 < VL ? (int)(n - t0) : VL,
+                              true);
+            }
+        });
     }
 
     // out[d][l] = scale * x[l * e + d] for the first m <= VL rows of x [m, e] (0 in the
@@ -195,17 +274,28 @@ struct Ops {
         }
     }
 
-    // The inverse for the output: x[l * ev + c] = o[c][l] * inv[l] for the first m lanes.
-    static inline void lanes_to_rows(const vec* o, int64_t ev, vec inv, T* x, int m) {
+    // The inverse for the output: x[l * ev + c] = o[c][l] * inv[l] for the first m lanes
+    // (added to x when `add`).
+    static inline void lanes_to_rows(const vec* o, int64_t ev, vec inv, T* x, int m,
+                                     bool add = false) {
         int64_t c0 = 0;
         for (; c0 + VL <= ev; c0 += VL) {
             vec blk[VL];
             for (int c = 0; c < VL; c++) blk[c] = o[c0 + c];
             transpose_block(blk);
-            for (int l = 0; l < m; l++) *(typename S::uvec*)(x + l * ev + c0) = blk[l] * inv[l];
+            for (int l = 0; l < m; l++) {
+                vec y = blk[l] * inv[l];
+                if (add)
+                    add_to(x + l * ev + c0, y);
+                else
+                    store(x + l * ev + c0, y);
+            }
         }
         for (; c0 < ev; c0++)
-            for (int l = 0; l < m; l++) x[l * ev + c0] = o[c0][l] * inv[l];
+            for (int l = 0; l < m; l++) {
+                T y = o[c0][l] * inv[l];
+                x[l * ev + c0] = add ? x[l * ev + c0] + y : y;
+            }
     }
 };
 
