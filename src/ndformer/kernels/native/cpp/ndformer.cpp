@@ -90,13 +90,10 @@ struct Driver {
     void transpose_in(const Row<T>& a, int64_t r, int64_t lo, int64_t hi, int64_t b0, int64_t b1) const {
         const int64_t n = c.n, e = c.e, ev = c.ev;
         const T *k = (const T*)c.k + (r * n + lo) * e, *v = (const T*)c.v + (r * n + lo) * ev;
-        const int64_t count = hi - lo;
-        for (int64_t b = b0; b < b1; b++) {  // blocks of VL tokens
-            int64_t t0 = b * VL, m = count - t0 < VL ? count - t0 : VL;
-            if (m <= 0) break;
-            K::transpose(k + t0 * e, (T*)a.kt + t0, m, e, np, 1);
-            K::transpose(v + t0 * ev, (T*)a.vt + t0, m, ev, np, 1);
-        }
+        const int64_t count = hi - lo, t0 = b0 * VL, t1 = b1 * VL < count ? b1 * VL : count;
+        if (t1 <= t0) return;  // tokens [t0, t1): blocks b0 .. b1 - 1 of VL tokens
+        K::transpose(k + t0 * e, (T*)a.kt + t0, t1 - t0, e, np);
+        K::transpose(v + t0 * ev, (T*)a.vt + t0, t1 - t0, ev, np);
     }
 
     void zero(const Row<T>& a) const {
@@ -107,13 +104,10 @@ struct Driver {
                   int more) const {
         const int64_t n = c.n, e = c.e, ev = c.ev;
         T *dk = (T*)c.dk + (r * n + lo) * e, *dv = (T*)c.dv + (r * n + lo) * ev;
-        const int64_t count = hi - lo;
-        for (int64_t b = b0; b < b1; b++) {
-            int64_t t0 = b * VL, m = count - t0 < VL ? count - t0 : VL;
-            if (m <= 0) break;
-            K::transpose_add(a.dkt + t0, dk + t0 * e, m, e, np, 1, more, per_worker);
-            K::transpose_add(a.dvt + t0, dv + t0 * ev, m, ev, np, 1, more, per_worker);
-        }
+        const int64_t count = hi - lo, t0 = b0 * VL, t1 = b1 * VL < count ? b1 * VL : count;
+        if (t1 <= t0) return;
+        K::transpose_add(a.dkt + t0, dk + t0 * e, t1 - t0, e, np, more, per_worker);
+        K::transpose_add(a.dvt + t0, dv + t0 * ev, t1 - t0, ev, np, more, per_worker);
     }
 
     template <bool BACKWARD>
@@ -136,7 +130,9 @@ struct Driver {
             int64_t g0, g1, lo, hi;
             chunk(i, g0, g1, lo, hi);
             const int64_t blocks = (hi - lo + VL - 1) / VL;
+#ifndef NDF_SKIP_TRANSPOSE
             transpose_in(a, r, lo, hi, 0, blocks);
+#endif
             if (BACKWARD) zero(a);
             const bool rest = i == chunks() - 1;
             work_range<BACKWARD>(a, g0, g1, lo, rest, 0, g1 - g0, 0, lp.count);

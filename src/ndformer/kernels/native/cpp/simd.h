@@ -229,32 +229,49 @@ struct Ops {
 
     // out[d, t] = x[t, d] for x [n, e] and out [e, np], VL tokens at a time (the last
     // block also writes zeros to the VL - n % VL columns past n: np >= n + VL).
-    static void transpose(const T* x, T* out, int64_t n, int64_t e, int64_t np, int threads) {
-        parallel((n + VL - 1) / VL, threads, [=](int64_t begin, int64_t end) {
-            std::vector<vec> lanes(e);
-            for (int64_t t0 = begin * VL; t0 < end * VL && t0 < n; t0 += VL) {
-                rows_to_lanes(x + t0 * e, e, 1, lanes.data(), n - t0 < VL ? (int)(n - t0) : VL);
-                for (int64_t d = 0; d < e; d++) store(out + d * np + t0, lanes[d]);
+    static void transpose(const T* x, T* out, int64_t n, int64_t e, int64_t np) {
+        for (int64_t t0 = 0; t0 < n; t0 += VL) {
+            const int m = n - t0 < VL ? (int)(n - t0) : VL;
+            const T* rows = x + t0 * e;
+            int64_t d0 = 0;
+            for (; d0 + VL <= e; d0 += VL) {
+                vec blk[VL];
+                for (int l = 0; l < VL; l++) blk[l] = l < m ? load(rows + l * e + d0) : splat(0);
+                transpose_block(blk);
+                for (int d = 0; d < VL; d++) store(out + (d0 + d) * np + t0, blk[d]);
             }
-        });
+            for (; d0 < e; d0++) {
+                vec v = splat(0);
+                for (int l = 0; l < m; l++) v[l] = rows[l * e + d0];
+                store(out + d0 * np + t0, v);
+            }
+        }
     }
 
     // The inverse, accumulated: x[t, d] += xt[d, t] for the n tokens of xt [e, np] (and,
     // with `more` = the scratch of other workers, spaced `step` apart, their sums too).
-    static void transpose_add(const T* xt, T* x, int64_t n, int64_t e, int64_t np,
-                              int threads, int more = 0, int64_t step = 0) {
-        parallel((n + VL - 1) / VL, threads, [=](int64_t begin, int64_t end) {
-            std::vector<vec> lanes(e);
-            for (int64_t t0 = begin * VL; t0 < end * VL && t0 < n; t0 += VL) {
-                for (int64_t d = 0; d < e; d++) {
-                    vec sum = load(xt + d * np + t0);
-                    for (int w = 1; w <= more; w++) sum += load(xt + w * step + d * np + t0);
-                    lanes[d] = sum;
-                }
-                lanes_to_rows(lanes.data(), e, splat(1), x + t0 * e, n - t0 < VL ? (int)(n - t0) : VL,
-                              true);
+    static void transpose_add(const T* xt, T* x, int64_t n, int64_t e, int64_t np, int more = 0,
+                              int64_t step = 0) {
+        for (int64_t t0 = 0; t0 < n; t0 += VL) {
+            const int m = n - t0 < VL ? (int)(n - t0) : VL;
+            T* rows = x + t0 * e;
+            int64_t d0 = 0;
+            auto column = [&](int64_t d) {
+                vec sum = load(xt + d * np + t0);
+                for (int w = 1; w <= more; w++) sum += load(xt + w * step + d * np + t0);
+                return sum;
+            };
+            for (; d0 + VL <= e; d0 += VL) {
+                vec blk[VL];
+                for (int d = 0; d < VL; d++) blk[d] = column(d0 + d);
+                transpose_block(blk);
+                for (int l = 0; l < m; l++) add_to(rows + l * e + d0, blk[l]);
             }
-        });
+            for (; d0 < e; d0++) {
+                vec v = column(d0);
+                for (int l = 0; l < m; l++) rows[l * e + d0] += v[l];
+            }
+        }
     }
 
     // out[d][l] = scale * x[l * e + d] for the first m <= VL rows of x [m, e] (0 in the

@@ -29,12 +29,8 @@ struct Stack {
 #ifndef NDF_CB
 #define NDF_CB (WIDE ? 8 : 4)
 #endif
-#ifndef NDF_JB
-#define NDF_JB (WIDE ? 4 : 3)
-#endif
     static constexpr int VL = K::VL, R = 3, FIELDS = 7, COLUMNS = NDF_COLUMNS;
     static constexpr int CB = NDF_CB;  // value channels per register block
-    static constexpr int JB = NDF_JB;  // key columns per register block of the backward
     static constexpr int FOLDS = 8;          // duplicate-lane layers of a fold (at most)
 
     // A key (or value) vector, loaded once into a register: the empty asm stops the
@@ -184,39 +180,34 @@ struct Stack {
     }
 
     // xt[c][column + j + shift] += sum_t w[t][slot[t] + j] * x[t][c] (folded when P) for
-    // j < nj, c < width: the transpose of weigh, JJ columns' weights in registers.
-    template <int NT, int JJ, bool P>
-    static inline void scatter(const vec* w, int64_t slots, const int32_t* slot, const vec* x,
-                               int64_t width, T* col, int64_t np, const Fold& f) {
-        vec wt[NT][JJ];
-        for (int t = 0; t < NT; t++)
-            for (int j = 0; j < JJ; j++) wt[t][j] = w[t * slots + slot[t] + j];
-        for (int64_t c = 0; c < width; c++) {
-            vec xc[NT];
-            for (int t = 0; t < NT; t++) xc[t] = x[t * width + c];
-            T* row = col + c * np;
-            for (int j = 0; j < JJ; j++) {
-                vec sum = wt[0][j] * xc[0];
-                for (int t = 1; t < NT; t++) sum += wt[t][j] * xc[t];
-                if constexpr (P) sum = fold(sum, f);
-                K::add_to(row + j, sum);
-            }
-        }
-    }
-
+    // j < nj, c < width: the transpose of weigh. Column by column, every channel in turn:
+    // consecutive adds go to different rows, so an add never waits for the store of the
+    // overlapping vector just before it (column j + 1 overlaps column j in VL - 1 lanes).
     template <int NT, bool P>
-    static void scatter_block(int nj, const vec* w, int64_t slots, const int32_t* slot,
-                              const vec* x, int64_t width, T* col, int64_t np, const Fold& f) {
-        int j = 0;
-        for (; j + JB <= nj; j += JB) {
-            int32_t at[NT];
-            for (int t = 0; t < NT; t++) at[t] = slot[t] + j;
-            scatter<NT, JB, P>(w, slots, at, x, width, col + j, np, f);
-        }
-        for (; j < nj; j++) {
-            int32_t at[NT];
-            for (int t = 0; t < NT; t++) at[t] = slot[t] + j;
-            scatter<NT, 1, P>(w, slots, at, x, width, col + j, np, f);
+    static inline void scatter_block(int nj, const vec* w, int64_t slots, const int32_t* slot,
+                                     const vec* x, int64_t width, T* col, int64_t np,
+                                     const Fold& f) {
+        for (int j = 0; j < nj; j++) {
+            vec wt[NT];
+            for (int t = 0; t < NT; t++) wt[t] = w[t * slots + slot[t] + j];
+            T* row = col + j;
+            int64_t c = 0;
+            for (; c + 2 <= width; c += 2) {
+                vec s0 = wt[0] * x[c], s1 = wt[0] * x[c + 1];
+                for (int t = 1; t < NT; t++) {
+                    s0 += wt[t] * x[t * width + c];
+                    s1 += wt[t] * x[t * width + c + 1];
+                }
+                if constexpr (P) s0 = fold(s0, f), s1 = fold(s1, f);
+                K::add_to(row + c * np, s0);
+                K::add_to(row + (c + 1) * np, s1);
+            }
+            for (; c < width; c++) {
+                vec s0 = wt[0] * x[c];
+                for (int t = 1; t < NT; t++) s0 += wt[t] * x[t * width + c];
+                if constexpr (P) s0 = fold(s0, f);
+                K::add_to(row + c * np, s0);
+            }
         }
     }
 
@@ -261,8 +252,10 @@ struct Stack {
                     __builtin_prefetch(q + i);
             }
         const int m = p.lanes[g];
+#ifndef NDF_SKIP_LANES
         for (int t = 0; t < nt; t++)
             K::rows_to_lanes(a.q + (int64_t)tok0[t] * e, e, a.scale, w.q.data() + t * e, m);
+#endif
         ivec idx{};
         if constexpr (P)
             for (int l = 0; l < VL; l++) idx[l] = p.idx[(int64_t)p.perm[g] * VL + l];
@@ -270,19 +263,29 @@ struct Stack {
         const int32_t* b1 = p.blocks + (int64_t)p.first[p.sig[g] + 1] * FIELDS;
         const int64_t col0 = p.column[g] - a.origin;
         vec* s = w.s.data();
+#ifndef NDF_SKIP_SCORES
         all_scores<P>(b0, b1, w.q.data(), e, a.kt, col0, np, idx, s, slots);
+#endif
         vec sum[R];
         for (int t = 0; t < nt; t++) {
             vec mx;
+#ifndef NDF_SKIP_SOFTMAX
             sum[t] = K::softmax(s + t * slots, slots, 1, mx);
+#else
+            sum[t] = K::splat(1); mx = sum[t];
+#endif
             if (a.lse_out) {
                 vec l = K::lse(mx, sum[t]);
                 for (int i = 0; i < m; i++) a.lse_out[tok0[t] + i] = l[i];
             }
         }
+#ifndef NDF_SKIP_WEIGH
         weigh_all<P>(b0, b1, col0, np, slots, s, a.vt, idx, w.o.data(), ev);
+#endif
+#ifndef NDF_SKIP_LANES
         for (int t = 0; t < nt; t++)
             K::lanes_to_rows(w.o.data() + t * ev, ev, K::splat(1) / sum[t], a.out + tok0[t] * ev, m);
+#endif
     }
 
     // The backward of group g: dq written, dK^T and dV^T accumulated into a.dkt, a.dvt.
@@ -308,8 +311,10 @@ struct Stack {
         const int32_t* b0 = p.blocks + (int64_t)p.first[p.sig[g]] * FIELDS;
         const int32_t* b1 = p.blocks + (int64_t)p.first[p.sig[g] + 1] * FIELDS;
         const int64_t col0 = p.column[g] - a.origin;
+#ifndef NDF_SKIP_BSCORES
         all_scores<P>(b0, b1, q, e, a.kt, col0, np, idx, s, slots);
         all_scores<P>(b0, b1, dO, ev, a.vt, col0, np, idx, dp, slots);
+#endif
         for (int t = 0; t < nt; t++) {
             const vec l = K::load_n(a.lse + tok0[t], m, INFINITY);
             const vec d = K::load_n(a.delta + tok0[t], m, 0);
@@ -319,13 +324,17 @@ struct Stack {
                 dp[t * slots + j] = prob * (dp[t * slots + j] - d);
             }
         }
+#ifndef NDF_SKIP_BWEIGH
         weigh_all<P>(b0, b1, col0, np, slots, dp, a.kt, idx, w.o.data(), e);
+#endif
         for (int t = 0; t < nt; t++)
             K::lanes_to_rows(w.o.data() + t * e, e, K::splat(a.scale), a.dq + tok0[t] * e, m);
         const int64_t shift = P ? p.shift[p.perm[g]] : 0;
         // q is scale * q: dK^T = scale q^T dS, dV^T = dO^T P
+#ifndef NDF_SKIP_BSCATTER
         scatter_all<P>(b0, b1, dp, slots, q, e, a.dkt + shift, col0, np, f);
         scatter_all<P>(b0, b1, s, slots, dO, ev, a.dvt + shift, col0, np, f);
+#endif
 #if defined(NDF_MUTATE_STACK_DK)  // the tests' mutant: one dK contribution perturbed
         if (g == 0) a.dkt[col0 + b0[0]] += (T)1e-3;
 #endif
