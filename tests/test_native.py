@@ -346,7 +346,7 @@ def test_stacked_neighborhoods_match_dense(data):
     try:
         native.stack_plan.cache_clear()
         plan = native.lane_plan(rules, shape, vl)
-        stack = native.stack_plan(rules, shape, vl, columns(dtype))
+        stack = native.stack_plan(rules, shape, vl, columns(dtype), native.constants().stack)
     finally:
         stack_plans.STACK_SPAN = saved
         native.stack_plan.cache_clear()
@@ -374,10 +374,10 @@ def test_stacked_neighborhoods_match_dense(data):
 def test_stacked_plan_takes_the_tiles_it_can(pattern, shape, share):
     grid = Grid(shape)
     rules = tuple(pattern.axis_rules(grid))
-    plan, stack = native.lane_plan(rules, shape, 16), native.stack_plan(rules, shape, 16, 8)
+    plan, stack = native.lane_plan(rules, shape, 16), native.stack_plan(rules, shape, 16, 8, 5)
     assert len(stacked_tiles(plan, stack)) / plan.tiles == pytest.approx(share, abs=0.1)
-    # every block reads at most 8 columns for at most 3 tiles
-    assert stack.blocks[:, 2].max(initial=1) <= 3 and stack.blocks[:, 3].max(initial=1) <= 8
+    # every block reads at most 8 columns for at most 5 tiles
+    assert stack.blocks[:, 2].max(initial=1) <= 5 and stack.blocks[:, 3].max(initial=1) <= 8
 
 
 def test_folds_add_every_lane_onto_its_key_once():
@@ -416,7 +416,8 @@ def test_stacked_chunks_match_dense(monkeypatch, pattern, shape, dtype):
     native.stack_plan.cache_clear()
     rules = tuple(pattern.axis_rules(Grid(shape)))
     vl = native.native_lanes(dtype)
-    assert len(native.stack_plan(rules, shape, vl, columns(dtype)).chunks) >= 2
+    stack = native.constants().stack
+    assert len(native.stack_plan(rules, shape, vl, columns(dtype), stack).chunks) >= 2
     assert_native_equals_dense(pattern, shape, heads=3, dtype=dtype)
     native.stack_plan.cache_clear()
 

@@ -130,8 +130,7 @@ def _constants_differ(c: abi.Constants) -> str | None:
 
     ours = dict(skip=lane_plans.SKIP, shift=lane_plans.SHIFT, bcast=lane_plans.BCAST,
                 perm=lane_plans.PERM, gather=lane_plans.GATHER,
-                shared_group=lane_plans.SHARED_GROUP, stack=stack_plans.STACK,
-                stack_fields=stack_plans.STACK_FIELDS, folds=stack_plans.STACK_FOLDS)  # fmt: skip
+                shared_group=lane_plans.SHARED_GROUP, folds=stack_plans.STACK_FOLDS)  # fmt: skip
     wrong = {k: (getattr(c, k), v) for k, v in ours.items() if getattr(c, k) != v}
     return f"constants (C++, Python) differ: {wrong}" if wrong else None
 

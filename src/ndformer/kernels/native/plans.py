@@ -56,10 +56,9 @@ def native_plan(
             f"has too many keys per query for this pattern (its plan would exceed"
             f" {lane_plans.MAX_SLOTS} keys per query or {lane_plans.MAX_PLAN_ENTRIES} tile slots)"
         )
-    columns = (
-        constants().stack_columns_f64 if dtype == torch.float64 else constants().stack_columns_f32
-    )
-    stack = stack_plan(rules, shape, vl, columns) or empty_stack(plan.tiles, vl)
+    c = constants()
+    columns = c.stack_columns_f64 if dtype == torch.float64 else c.stack_columns_f32
+    stack = stack_plan(rules, shape, vl, columns, c.stack) or empty_stack(plan.tiles, vl, c.stack)
     return NativePlan(None, plan, stack, neighborhood)
 
 

@@ -17,11 +17,10 @@ from ...patterns.axis import AxisRule
 from . import lane_plans
 from .lane_plans import PERM, SHIFT, LanePlan, lane_plan
 
-#: Tiles per stacked group, fields per block and duplicate-lane layers of a fold
-#: (``Stack::R``, ``Stack::FIELDS``, ``Stack::FOLDS``; checked against the library at
-#: load). The columns per block (``Stack::COLUMNS``) depend on the machine's registers:
-#: plans take them as an argument.
-STACK, STACK_FIELDS, STACK_FOLDS = 3, 7, 8
+#: Duplicate-lane layers of a fold (``Stack::FOLDS``; checked against the library at
+#: load). The tiles per group (``Stack::R``) and the columns per block
+#: (``Stack::COLUMNS``) are the library's, given to ``stack_plan``.
+STACK_FOLDS = 8
 #: The stacked kernel transposes K and V in chunks of about this many key tokens (more
 #: for a group with a long reach), so that they stay in cache on large grids.
 STACK_SPAN = 1 << 15
@@ -34,13 +33,13 @@ class StackPlan:
     A tile qualifies when its first m lanes are consecutive tokens (the rest padding) and
     every slot's keys are ``column + idx[l]`` for one lane index ``idx`` (the identity
     inside the grid, a clamp at a border). Qualifying tiles with the same ``idx``, m and
-    position along the last axis are stacked in groups of up to ``STACK`` along the other
+    position along the last axis are stacked in groups of up to ``stack`` along the other
     axes, where they share most key columns.
 
-    tok0 [G, STACK] int32 (each tile's first token, -1 = none), lanes [G] int32 (m), sig
+    tok0 [G, stack] int32 (each tile's first token, -1 = none), lanes [G] int32 (m), sig
     [G] int32 (the group's block list), column [G] int64 (added to its blocks' columns),
     perm [G] int32 (row of idx [P, VL], -1 = identity), first [S + 1] int32 (block range
-    of each block list) and blocks [NB, 7] int32: column, first tile, tiles, columns
+    of each block list) and blocks [NB, 4 + stack] int32: column, first tile, tiles, columns
     (<= ``columns``) and each tile's slot of the first column. Groups are in token order and
     cut into chunks
     [C, 4] int64: first group, end group, first key token, end key token (the columns
@@ -81,7 +80,7 @@ def _tile_keys(plan: LanePlan, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return keys, perm[..., None] & (off < 0)
 
 
-def _blocks(rel: np.ndarray, columns: int) -> list[list[int]]:
+def _blocks(rel: np.ndarray, columns: int, stack: int) -> list[list[int]]:
     """Blocks of one group whose tiles read key columns rel [nt, S] (see StackPlan)."""
     users: dict[int, list[tuple[int, int]]] = {}
     for t in range(rel.shape[0]):
@@ -93,7 +92,7 @@ def _blocks(rel: np.ndarray, columns: int) -> list[list[int]]:
         use = users[c]
         ts = [t for t, _ in use]
         if ts != list(range(ts[0], ts[0] + len(ts))):  # not a run of tiles: one block each
-            blocks += [[c, t, 1, 1, s, 0, 0] for t, s in use]
+            blocks += [[c, t, 1, 1, s, *[0] * (stack - 1)] for t, s in use]
             open_block = None
             continue
         slots = [s for _, s in use]
@@ -108,7 +107,7 @@ def _blocks(rel: np.ndarray, columns: int) -> list[list[int]]:
         ):
             b[3] += 1
             continue
-        open_block = [c, ts[0], len(ts), 1, *slots, *[0] * (STACK - len(ts))]
+        open_block = [c, ts[0], len(ts), 1, *slots, *[0] * (stack - len(ts))]
         blocks.append(open_block)
     return blocks
 
@@ -142,10 +141,10 @@ def fold_lanes(idx: np.ndarray, real: int) -> tuple[int, np.ndarray] | None:
     return None if best is None else (best[1], best[2].astype(np.int32))
 
 
-def empty_stack(tiles: int, vl: int) -> StackPlan:
+def empty_stack(tiles: int, vl: int, stack: int = 1) -> StackPlan:
     """A stacked plan with no groups: all ``tiles`` left to the lane kernel."""
     return StackPlan(
-        tok0=np.zeros((0, STACK), np.int32),
+        tok0=np.zeros((0, stack), np.int32),
         lanes=np.zeros(0, np.int32),
         sig=np.zeros(0, np.int32),
         column=np.zeros(0, np.int64),
@@ -154,7 +153,7 @@ def empty_stack(tiles: int, vl: int) -> StackPlan:
         fold=np.full((1, STACK_FOLDS + 1, vl), -1, np.int32),
         shift=np.zeros(1, np.int32),
         first=np.zeros(1, np.int32),
-        blocks=np.zeros((1, STACK_FIELDS), np.int32),
+        blocks=np.zeros((1, 4 + stack), np.int32),
         chunks=np.zeros((0, 4), np.int64),
         rest=np.arange(tiles, dtype=np.int32),
     )
@@ -189,10 +188,10 @@ def _stackable(plan: LanePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 @plan_cache(64)
 def stack_plan(
-    rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int, columns: int
+    rules: tuple[AxisRule, ...], shape: tuple[int, ...], vl: int, columns: int, stack: int
 ) -> StackPlan | None:
-    """The stacked regrouping of ``lane_plan(rules, shape, vl)`` (None without a plan),
-    blocks of at most ``columns`` key columns."""
+    """The stacked regrouping of ``lane_plan(rules, shape, vl)`` (None without a plan):
+    groups of up to ``stack`` tiles, blocks of at most ``columns`` key columns."""
     plan = lane_plan(rules, shape, vl)
     if plan is None:
         return None
@@ -207,7 +206,7 @@ def stack_plan(
     keep = np.array([f is not None for f in folds], bool)[inverse]
     tiles, lanes, col, idx = tiles[keep], lanes[keep], col[keep], idx[keep]
     if not len(tiles):
-        return empty_stack(plan.tiles, vl)
+        return empty_stack(plan.tiles, vl, stack)
     # one row of ``table`` per distinct non-identity lane index; -1 = identity
     table, perm = np.unique(idx, axis=0, return_inverse=True)
     perm = perm.reshape(-1)
@@ -228,12 +227,12 @@ def stack_plan(
     new_run = np.r_[True, (perm[1:] != perm[:-1]) | (x[1:] != x[:-1]) | (lanes[1:] != lanes[:-1])]
     run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(tok0)), 0))
     pos = np.arange(len(tok0)) - run_start
-    gid = np.cumsum(pos % STACK == 0) - 1
+    gid = np.cumsum(pos % stack == 0) - 1
     ngroups = int(gid[-1]) + 1
-    g_tok0 = np.full((ngroups, STACK), -1, np.int64)
-    g_col = np.full((ngroups, STACK, plan.slots), np.iinfo(np.int64).max)
-    g_tok0[gid, pos % STACK] = tok0
-    g_col[gid, pos % STACK] = col
+    g_tok0 = np.full((ngroups, stack), -1, np.int64)
+    g_col = np.full((ngroups, stack, plan.slots), np.iinfo(np.int64).max)
+    g_tok0[gid, pos % stack] = tok0
+    g_col[gid, pos % stack] = col
     g_perm, g_lanes = np.zeros(ngroups, np.int64), np.zeros(ngroups, np.int64)
     g_perm[gid], g_lanes[gid] = perm, lanes
     # groups in token order (a chunk of them reads a narrow band of key columns)
@@ -251,7 +250,7 @@ def stack_plan(
         key = rel.tobytes() + bytes([count[g]])
         if key not in sigs:
             sigs[key] = len(sigs)
-            listed = _blocks(rel, columns)
+            listed = _blocks(rel, columns, stack)
             blocks += listed
             first.append(first[-1] + len(listed))
         sig[g] = sigs[key]

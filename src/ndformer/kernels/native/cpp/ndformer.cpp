@@ -130,9 +130,7 @@ struct Driver {
             int64_t g0, g1, lo, hi;
             chunk(i, g0, g1, lo, hi);
             const int64_t blocks = (hi - lo + VL - 1) / VL;
-#ifndef NDF_SKIP_TRANSPOSE
             transpose_in(a, r, lo, hi, 0, blocks);
-#endif
             if (BACKWARD) zero(a);
             const bool rest = i == chunks() - 1;
             work_range<BACKWARD>(a, g0, g1, lo, rest, 0, g1 - g0, 0, lp.count);

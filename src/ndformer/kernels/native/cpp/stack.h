@@ -1,17 +1,26 @@
 #pragma once
+#include <type_traits>
+
 #include "abi.h"
 #include "lanes.h"
 #include "simd.h"
 
 namespace ndf {
 
-// Stacked tiles (neighborhoods): up to R = 3 tiles of VL lanes whose queries are m <= VL
+#ifndef NDF_STACK
+#define NDF_STACK 6
+#endif
+#ifndef NDF_COLUMNS
+#define NDF_COLUMNS 8
+#endif
+
+// Stacked tiles (neighborhoods): up to R tiles of VL lanes whose queries are m <= VL
 // consecutive tokens (lanes m.. idle) and whose every key slot is one vector load, at a
 // column plus a lane index idx[l] shared by the group (the identity inside the grid; a
-// clamp at a border: one register permute). Tiles stacked along a grid axis share most
-// key columns: the plan lists them as blocks (column, first tile t0, tiles nt, columns
-// nj <= COLUMNS, each tile's slot of the first column), and every key vector a block loads
-// serves its nt tiles from registers.
+// clamp at a border: one register permute). Tiles stacked along the grid share most key
+// columns: the plan lists them as blocks (column, first tile t0, tiles nt, columns
+// nj <= COLUMNS, each tile's slot of the first column), and every key vector a block
+// loads serves its nt tiles from registers (more tiles per group: more FMAs per load).
 //
 // The backward recomputes the scores and probabilities from the saved log-sum-exp and
 // adds dK^T and dV^T a key vector at a time (nt tiles' contributions summed in registers
@@ -23,15 +32,26 @@ struct Stack {
     using K = Ops<T>;
     using vec = typename K::vec;
     using ivec = typename K::ivec;
-#ifndef NDF_COLUMNS
-#define NDF_COLUMNS (WIDE ? 8 : 4)
+    static constexpr int VL = K::VL, R = NDF_STACK, FIELDS = 4 + R, COLUMNS = NDF_COLUMNS;
+    static constexpr int FOLDS = 8;             // duplicate-lane layers of a fold (at most)
+    static constexpr int ACC = REGISTERS - 4;   // accumulator registers of a register block
+#ifdef NDF_CB
+    static constexpr int CB = NDF_CB;
+#else
+    static constexpr int CB = ACC / R > 0 ? ACC / R : 1;  // value channels per block
 #endif
-#ifndef NDF_CB
-#define NDF_CB (WIDE ? 8 : 4)
-#endif
-    static constexpr int VL = K::VL, R = 3, FIELDS = 7, COLUMNS = NDF_COLUMNS;
-    static constexpr int CB = NDF_CB;  // value channels per register block
-    static constexpr int FOLDS = 8;          // duplicate-lane layers of a fold (at most)
+    // key columns of a score block for nt tiles
+    template <int NT>
+    static constexpr int J = ACC / NT < 1 ? 1 : (ACC / NT > COLUMNS ? COLUMNS : ACC / NT);
+
+    // f(integral_constant<N>) for the runtime n in [1, LIMIT].
+    template <int LIMIT, int N = 1, typename F>
+    static inline void by_count(int n, F&& f) {
+        if constexpr (N < LIMIT) {
+            if (n != N) return by_count<LIMIT, N + 1>(n, f);
+        }
+        f(std::integral_constant<int, N>{});
+    }
 
     // A key (or value) vector, loaded once into a register: the empty asm stops the
     // compiler from folding the load into each tile's FMA (one load per FMA instead of
@@ -51,33 +71,41 @@ struct Stack {
         }
     }
 
-    // s[t][slot[t] + j] = q_t . key(column + j) for t < NT, j < J (q [NT, width] lanes).
-    template <int NT, int J, bool P>
-    static void scores(const vec* q, int64_t width, const T* col, int64_t np, ivec idx, vec* s,
-                       int64_t slots, const int32_t* slot) {
-        vec acc[NT][J];
+    // s[t][slot[t] + j] = x_t . key(column + j) for t < NT, j < JW (x [NT, width] lanes).
+    template <int NT, int JW, bool P>
+    static inline void scores(const vec* x, int64_t width, const T* col, int64_t np, ivec idx,
+                              vec* s, int64_t slots, const int32_t* slot) {
+        vec acc[NT][JW];
         for (int t = 0; t < NT; t++)
-            for (int j = 0; j < J; j++) acc[t][j] = K::splat(0);
+            for (int j = 0; j < JW; j++) acc[t][j] = K::splat(0);
         for (int64_t d = 0; d < width; d++) {
-            vec qd[NT];
-            for (int t = 0; t < NT; t++) qd[t] = q[t * width + d];
             const T* row = col + d * np;
-            for (int j = 0; j < J; j++) {
+            for (int j = 0; j < JW; j++) {
                 vec k = key<P>(row + j, idx);
-                for (int t = 0; t < NT; t++) acc[t][j] += qd[t] * k;
+                for (int t = 0; t < NT; t++) acc[t][j] += x[t * width + d] * k;
             }
         }
         for (int t = 0; t < NT; t++)
-            for (int j = 0; j < J; j++) s[t * slots + slot[t] + j] = acc[t][j];
+            for (int j = 0; j < JW; j++) s[t * slots + slot[t] + j] = acc[t][j];
     }
 
-    template <int NT, bool P, int J = 1>
-    static void scores_nt(int nj, const vec* q, int64_t width, const T* col, int64_t np,
-                          ivec idx, vec* s, int64_t slots, const int32_t* slot) {
-        if constexpr (J < COLUMNS) {
-            if (nj > J) return scores_nt<NT, P, J + 1>(nj, q, width, col, np, idx, s, slots, slot);
+    // The nj columns of a block, J<NT> at a time.
+    template <int NT, bool P>
+    static void scores_block(int nj, const vec* x, int64_t width, const T* col, int64_t np,
+                             ivec idx, vec* s, int64_t slots, const int32_t* slot) {
+        constexpr int JW = J<NT>;
+        int j = 0;
+        int32_t at[NT];
+        for (; j + JW <= nj; j += JW) {
+            for (int t = 0; t < NT; t++) at[t] = slot[t] + j;
+            scores<NT, JW, P>(x, width, col + j, np, idx, s, slots, at);
         }
-        scores<NT, J, P>(q, width, col, np, idx, s, slots, slot);
+        if (j < nj) {
+            for (int t = 0; t < NT; t++) at[t] = slot[t] + j;
+            by_count<JW>(nj - j, [&](auto rest) {
+                scores<NT, decltype(rest)::value, P>(x, width, col + j, np, idx, s, slots, at);
+            });
+        }
     }
 
     // Scores of every block of a group against xt (K^T or V^T) for lanes x [R, width].
@@ -88,11 +116,10 @@ struct Stack {
             const T* col = xt + col0 + b[0];
             const vec* xp = x + b[1] * width;
             vec* sp = s + b[1] * slots;
-            switch (b[2]) {
-                case 1: scores_nt<1, P>(b[3], xp, width, col, np, idx, sp, slots, b + 4); break;
-                case 2: scores_nt<2, P>(b[3], xp, width, col, np, idx, sp, slots, b + 4); break;
-                default: scores_nt<3, P>(b[3], xp, width, col, np, idx, sp, slots, b + 4);
-            }
+            by_count<R>(b[2], [&](auto nt) {
+                scores_block<decltype(nt)::value, P>(b[3], xp, width, col, np, idx, sp, slots,
+                                                     b + 4);
+            });
         }
     }
 
@@ -123,20 +150,20 @@ struct Stack {
             for (int c = 0; c < CW; c++) acc[t][c] = K::splat(0);
         for (; b < end; b += FIELDS) {
             const T* col = xr + col0 + b[0];
-            switch (b[1] * 4 + b[2]) {  // first tile, tiles
-                case 1: weigh<0, 1, CW, P>(acc, b[3], w, slots, b + 4, col, np, idx); break;
-                case 2: weigh<0, 2, CW, P>(acc, b[3], w, slots, b + 4, col, np, idx); break;
-                case 3: weigh<0, 3, CW, P>(acc, b[3], w, slots, b + 4, col, np, idx); break;
-                case 5: weigh<1, 1, CW, P>(acc, b[3], w, slots, b + 4, col, np, idx); break;
-                case 6: weigh<1, 2, CW, P>(acc, b[3], w, slots, b + 4, col, np, idx); break;
-                default: weigh<2, 1, CW, P>(acc, b[3], w, slots, b + 4, col, np, idx);
-            }
+            const int nj = b[3];
+            const int32_t* slot = b + 4;
+            by_count<R>(b[1] + 1, [&](auto first) {  // first tile + 1
+                constexpr int T0 = decltype(first)::value - 1;
+                by_count<R - T0>(b[2], [&](auto nt) {
+                    weigh<T0, decltype(nt)::value, CW, P>(acc, nj, w, slots, slot, col, np, idx);
+                });
+            });
         }
         for (int t = 0; t < R; t++)
             for (int c = 0; c < CW; c++) o[t * width + c] = acc[t][c];
     }
 
-    // o[t * width + c] for every channel c < width, in blocks of CB, 4, then 1.
+    // o[t * width + c] for every channel c < width, in blocks of CB channels, then 1.
     template <bool P>
     static void weigh_all(const int32_t* b0, const int32_t* b1, int64_t col0, int64_t np,
                           int64_t slots, const vec* w, const T* xt, ivec idx, vec* o,
@@ -144,8 +171,6 @@ struct Stack {
         int64_t c0 = 0;
         for (; c0 + CB <= width; c0 += CB)
             weigh_blocks<CB, P>(b0, b1, col0, np, slots, w, xt + c0 * np, idx, o + c0, width);
-        for (; c0 + 4 <= width; c0 += 4)
-            weigh_blocks<4, P>(b0, b1, col0, np, slots, w, xt + c0 * np, idx, o + c0, width);
         for (; c0 < width; c0++)
             weigh_blocks<1, P>(b0, b1, col0, np, slots, w, xt + c0 * np, idx, o + c0, width);
     }
@@ -191,22 +216,16 @@ struct Stack {
             vec wt[NT];
             for (int t = 0; t < NT; t++) wt[t] = w[t * slots + slot[t] + j];
             T* row = col + j;
-            int64_t c = 0;
-            for (; c + 2 <= width; c += 2) {
-                vec s0 = wt[0] * x[c], s1 = wt[0] * x[c + 1];
-                for (int t = 1; t < NT; t++) {
-                    s0 += wt[t] * x[t * width + c];
-                    s1 += wt[t] * x[t * width + c + 1];
+            for (int64_t c = 0; c < width; c++) {
+                if constexpr (P) {
+                    vec sum = wt[0] * x[c];
+                    for (int t = 1; t < NT; t++) sum += wt[t] * x[t * width + c];
+                    K::add_to(row + c * np, fold(sum, f));
+                } else {
+                    vec acc = K::load(row + c * np);
+                    for (int t = 0; t < NT; t++) acc += wt[t] * x[t * width + c];
+                    K::store(row + c * np, acc);
                 }
-                if constexpr (P) s0 = fold(s0, f), s1 = fold(s1, f);
-                K::add_to(row + c * np, s0);
-                K::add_to(row + (c + 1) * np, s1);
-            }
-            for (; c < width; c++) {
-                vec s0 = wt[0] * x[c];
-                for (int t = 1; t < NT; t++) s0 += wt[t] * x[t * width + c];
-                if constexpr (P) s0 = fold(s0, f);
-                K::add_to(row + c * np, s0);
             }
         }
     }
@@ -220,11 +239,9 @@ struct Stack {
             T* col = xt + col0 + b[0];
             const vec* wp = w + b[1] * slots;
             const vec* xp = x + b[1] * width;
-            switch (b[2]) {
-                case 1: scatter_block<1, P>(b[3], wp, slots, b + 4, xp, width, col, np, f); break;
-                case 2: scatter_block<2, P>(b[3], wp, slots, b + 4, xp, width, col, np, f); break;
-                default: scatter_block<3, P>(b[3], wp, slots, b + 4, xp, width, col, np, f);
-            }
+            by_count<R>(b[2], [&](auto nt) {
+                scatter_block<decltype(nt)::value, P>(b[3], wp, slots, b + 4, xp, width, col, np, f);
+            });
         }
     }
 
@@ -235,14 +252,19 @@ struct Stack {
               o((e > ev ? e : ev) * R) {}
     };
 
+    static int tiles_of(const int32_t* tok0) {
+        int nt = 0;
+        while (nt < R && tok0[nt] >= 0) nt++;
+        return nt;
+    }
+
     // Group g of the chunk's groups: queries to lanes, scores block by block, softmax, the
     // value sums, outputs back to rows.
     template <bool P>
     static void group(const Row<T>& a, const NdfStack& p, int64_t slots, int64_t g, Work& w) {
         const int64_t e = a.e, ev = a.ev, np = a.np;
         const int32_t* tok0 = p.tok0 + g * R;
-        int nt = 0;
-        while (nt < R && tok0[nt] >= 0) nt++;
+        const int nt = tiles_of(tok0), m = p.lanes[g];
         if (g + 1 < p.groups)  // the next group's queries (rows apart: no hardware prefetch)
             for (int t = 0; t < R; t++) {
                 int64_t next = p.tok0[(g + 1) * R + t];
@@ -251,11 +273,8 @@ struct Stack {
                 for (int64_t i = 0; i < (int64_t)(VL * e * sizeof(T)); i += 64)
                     __builtin_prefetch(q + i);
             }
-        const int m = p.lanes[g];
-#ifndef NDF_SKIP_LANES
         for (int t = 0; t < nt; t++)
             K::rows_to_lanes(a.q + (int64_t)tok0[t] * e, e, a.scale, w.q.data() + t * e, m);
-#endif
         ivec idx{};
         if constexpr (P)
             for (int l = 0; l < VL; l++) idx[l] = p.idx[(int64_t)p.perm[g] * VL + l];
@@ -263,29 +282,19 @@ struct Stack {
         const int32_t* b1 = p.blocks + (int64_t)p.first[p.sig[g] + 1] * FIELDS;
         const int64_t col0 = p.column[g] - a.origin;
         vec* s = w.s.data();
-#ifndef NDF_SKIP_SCORES
         all_scores<P>(b0, b1, w.q.data(), e, a.kt, col0, np, idx, s, slots);
-#endif
         vec sum[R];
         for (int t = 0; t < nt; t++) {
             vec mx;
-#ifndef NDF_SKIP_SOFTMAX
             sum[t] = K::softmax(s + t * slots, slots, 1, mx);
-#else
-            sum[t] = K::splat(1); mx = sum[t];
-#endif
             if (a.lse_out) {
                 vec l = K::lse(mx, sum[t]);
                 for (int i = 0; i < m; i++) a.lse_out[tok0[t] + i] = l[i];
             }
         }
-#ifndef NDF_SKIP_WEIGH
         weigh_all<P>(b0, b1, col0, np, slots, s, a.vt, idx, w.o.data(), ev);
-#endif
-#ifndef NDF_SKIP_LANES
         for (int t = 0; t < nt; t++)
             K::lanes_to_rows(w.o.data() + t * ev, ev, K::splat(1) / sum[t], a.out + tok0[t] * ev, m);
-#endif
     }
 
     // The backward of group g: dq written, dK^T and dV^T accumulated into a.dkt, a.dvt.
@@ -294,9 +303,7 @@ struct Stack {
                                Work& w) {
         const int64_t e = a.e, ev = a.ev, np = a.np;
         const int32_t* tok0 = p.tok0 + g * R;
-        int nt = 0;
-        while (nt < R && tok0[nt] >= 0) nt++;
-        const int m = p.lanes[g];
+        const int nt = tiles_of(tok0), m = p.lanes[g];
         vec *q = w.q.data(), *dO = w.g.data(), *s = w.s.data(), *dp = w.dp.data();
         for (int t = 0; t < nt; t++) {
             K::rows_to_lanes(a.q + (int64_t)tok0[t] * e, e, a.scale, q + t * e, m);
@@ -311,10 +318,8 @@ struct Stack {
         const int32_t* b0 = p.blocks + (int64_t)p.first[p.sig[g]] * FIELDS;
         const int32_t* b1 = p.blocks + (int64_t)p.first[p.sig[g] + 1] * FIELDS;
         const int64_t col0 = p.column[g] - a.origin;
-#ifndef NDF_SKIP_BSCORES
         all_scores<P>(b0, b1, q, e, a.kt, col0, np, idx, s, slots);
         all_scores<P>(b0, b1, dO, ev, a.vt, col0, np, idx, dp, slots);
-#endif
         for (int t = 0; t < nt; t++) {
             const vec l = K::load_n(a.lse + tok0[t], m, INFINITY);
             const vec d = K::load_n(a.delta + tok0[t], m, 0);
@@ -324,17 +329,13 @@ struct Stack {
                 dp[t * slots + j] = prob * (dp[t * slots + j] - d);
             }
         }
-#ifndef NDF_SKIP_BWEIGH
         weigh_all<P>(b0, b1, col0, np, slots, dp, a.kt, idx, w.o.data(), e);
-#endif
         for (int t = 0; t < nt; t++)
             K::lanes_to_rows(w.o.data() + t * e, e, K::splat(a.scale), a.dq + tok0[t] * e, m);
         const int64_t shift = P ? p.shift[p.perm[g]] : 0;
         // q is scale * q: dK^T = scale q^T dS, dV^T = dO^T P
-#ifndef NDF_SKIP_BSCATTER
         scatter_all<P>(b0, b1, dp, slots, q, e, a.dkt + shift, col0, np, f);
         scatter_all<P>(b0, b1, s, slots, dO, ev, a.dvt + shift, col0, np, f);
-#endif
 #if defined(NDF_MUTATE_STACK_DK)  // the tests' mutant: one dK contribution perturbed
         if (g == 0) a.dkt[col0 + b0[0]] += (T)1e-3;
 #endif
