@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -112,17 +113,51 @@ def attend(
     return _dispatch(q, k, v, call, scale, tiles, backend)
 
 
+@functools.lru_cache(maxsize=256)
+def _grid_verdict(key: tuple, backend: str) -> str | None:
+    """``backends.choose`` (auto: the chosen backend's name) or ``supports`` (a named
+    backend: None or its reason) for a call on a grid described by plain values, cached:
+    see ``_verdict``."""
+    spec, shape, device, dtype, heads, head_dim, grad, _ = key
+    call = Call(parse_pattern(spec), Grid(shape), torch.device(device), dtype, heads,
+                head_dim, grad)  # fmt: skip
+    if backend == "auto":
+        return backends.choose(call).name
+    return backends.BACKENDS[backend].supports(call)
+
+
+@torch.compiler.assume_constant_result
+def _constant_verdict(key: tuple, backend: str) -> str | None:
+    """torch.compile calls this at trace time and keeps its result as a constant: the
+    choice (and the plans it builds) stay out of the graph, so a compiled model has no
+    graph break. The cached verdicts are also keyed by the backends' state (the native
+    library as loaded)."""
+    return _grid_verdict((*key, id(backends.state())), backend)
+
+
+def _verdict(call: Call, backend: str) -> str | None:
+    """The backend ``auto`` chooses (backend ``"auto"``), or whether a named backend runs
+    ``call`` (None or its reason)."""
+    if isinstance(call.layout, Grid):
+        key = (repr(call.pattern), call.layout.shape, str(call.device), call.dtype, call.heads,
+               call.head_dim, call.needs_grad)  # fmt: skip
+        return _constant_verdict(key, backend)
+    if backend == "auto":
+        return backends.choose(call).name
+    return backends.BACKENDS[backend].supports(call)
+
+
 def _dispatch(q, k, v, call: Call, scale: float, tiles: tuple, backend: str) -> torch.Tensor:
     pattern = call.pattern
     if backend != "auto":
         chosen = backends.BACKENDS[backend]
-        reason = chosen.supports(call)
+        reason = _verdict(call, backend)
         if reason is None:
             return chosen.run(q, k, v, call, scale, tiles)
         if not isinstance(pattern, HeadSplit):
             raise ValueError(f"backend={backend!r} {reason}")
     elif not isinstance(pattern, HeadSplit):
-        return backends.choose(call).run(q, k, v, call, scale, tiles)
+        return backends.BACKENDS[_verdict(call, "auto")].run(q, k, v, call, scale, tiles)
     outputs = []  # a HeadSplit: every head group through its own pattern's backend
     for part, (start, stop) in zip(pattern.patterns, pattern.head_groups(q.shape[1]), strict=True):
         if stop > start:

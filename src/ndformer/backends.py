@@ -311,6 +311,12 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 NAMES: tuple[str, ...] = ("auto", *BACKENDS)
 
 
+def state() -> object:
+    """What the backends' verdicts depend on besides the call (the native library as
+    loaded): a new object whenever it changes, so cached verdicts are keyed by it."""
+    return native_kernels.library()
+
+
 def auto_order(device: torch.device) -> tuple[str, ...]:
     return AUTO_ORDER.get(device.type, AUTO_ORDER["default"])
 

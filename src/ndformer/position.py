@@ -106,5 +106,10 @@ def rope_tables(
     rope: RoPE, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``rope.tables`` of every token of a grid of ``shape``, cached per (RoPE settings,
-    shape, device, dtype): a model's blocks share one table instead of rebuilding it."""
+    shape, device, dtype): a model's blocks share one table instead of rebuilding it.
+    Under ``torch.compile`` the tables are computed in the graph (where they fold)."""
+    if torch.compiler.is_compiling():
+        axes = [torch.arange(n, device=device) for n in shape]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
+        return rope.tables(coords, device, dtype)
     return _grid_tables(rope.head_dim, rope.ndim, rope.base, tuple(shape), device, dtype)

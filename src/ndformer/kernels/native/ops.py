@@ -31,6 +31,12 @@ def _groups_plan(groups: Tensor, dtype: torch.dtype) -> NativePlan:
     return plan
 
 
+def _contiguous(x: Tensor) -> Tensor:
+    """An empty contiguous tensor like ``x``: the layout the kernels write, whatever the
+    layout of their inputs (the fake functions must state exactly that)."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def _outputs(q: Tensor, v: Tensor, want_lse: bool) -> tuple[Tensor, Tensor]:
     out = q.new_empty(*q.shape[:3], v.shape[-1])
     return out, q.new_empty(q.shape[:3] if want_lse else (0,))
@@ -63,7 +69,7 @@ def native_attention_backward_op(
 
 @native_attention_backward_op.register_fake
 def _(dout, q, k, v, out, lse, rules, shape, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return _contiguous(q), _contiguous(k), _contiguous(v)
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -111,7 +117,7 @@ def native_groups_backward_op(
 
 @native_groups_backward_op.register_fake
 def _(dout, q, k, v, out, lse, groups, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return _contiguous(q), _contiguous(k), _contiguous(v)
 
 
 def _setup_groups(ctx, inputs, output) -> None:
