@@ -20,6 +20,9 @@ from ..attend import attend
 from ..layout import Grid, Points, as_layout
 from ..patterns import pattern as parse_pattern
 
+#: FLOPs of forward + backward over the forward's: 2 matmuls forward, 5 backward.
+BACKWARD_FLOPS = 3.5
+
 #: Pseudo-pattern names of the reference rows.
 FULL_SDPA = "full (SDPA)"
 DENSE_MASKED = "dense masked SDPA"
@@ -95,12 +98,14 @@ def pairs_per_head(spec: str, layout: Grid | Points | tuple[int, ...], heads: in
 
 def case_flops(case: Case, pairs: list[int]) -> float:
     """4 * pairs * head_dim * batch summed over heads (or the pattern's own count, e.g.
-    ``Linear``: 4 * N * head_dim**2 per head); x3 more (x4 in all) with backward."""
+    ``Linear``: 4 * N * head_dim**2 per head); x3.5 in all with backward (the forward's
+    two matmuls, Q K^T and P V, and the backward's five: Q K^T again, dO V^T, dQ, dK and
+    dV — FlashAttention's accounting)."""
     own = None
     if case.reference is None:
         own = parse_pattern(case.pattern).forward_flops(case.layout(), case.heads, case.head_dim)
     forward = (own if own is not None else 4.0 * sum(pairs) * case.head_dim) * case.batch
-    return forward * (4.0 if case.backward else 1.0)
+    return forward * (BACKWARD_FLOPS if case.backward else 1.0)
 
 
 def dense_bytes(case: Case) -> int:

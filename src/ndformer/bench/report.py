@@ -105,9 +105,10 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
         "each case ran alone in a fresh worker process, and `peak MiB` is that process' peak",
         "memory during the case (inputs included) above its memory before it.",
         "`pairs/query` and `GFLOP` are exact counts from the pattern: FLOPs = 4 · pairs ·",
-        "head_dim · batch over all heads for the forward pass (×4 in all with the backward pass,",
-        "which does three times the forward's matmul work). Dense masked SDPA computes all N²",
-        "pairs but is credited only with the pattern's pairs, so its efficiency shows the waste.",
+        "head_dim · batch over all heads for the forward pass (×3.5 in all with the backward",
+        "pass: the forward's two matmuls and the backward's five). Dense masked SDPA computes all",
+        "N² pairs but is credited only with the pattern's pairs, so its efficiency shows the",
+        "waste.",
         "`efficiency` = achieved GFLOP/s ÷ the matmul peak above.",
         "",
     ]
