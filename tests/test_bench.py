@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from ndformer import Grid
 from ndformer.bench import BenchConfig, Case, fit_exponent, measure_case, plan_cases, run_rows
-from ndformer.bench.measure import DENSE_MASKED, FULL_SDPA, case_flops, pairs_per_head
+from ndformer.bench.measure import (
+    DENSE_MASKED,
+    FULL_SDPA,
+    WINDOWS_RESHAPED,
+    case_flops,
+    pairs_per_head,
+)
 from strategies import any_pattern, shapes
 
 pytest.importorskip("matplotlib")
@@ -89,7 +95,7 @@ def test_run_rows_stops_cleanly_on_ctrl_c():
         return measure_case(Case(**{**case.__dict__, "repeats": 1, "min_seconds": 0}))
 
     run_rows(rows, 100.0, worker=worker)
-    assert [r.result is not None for r in rows] == [True, True, False, False]
+    assert [r.result is not None for r in rows] == [True, True, False, False, False]
     assert all(r.note == "not run (interrupted)" for r in rows[2:])
 
 
@@ -113,10 +119,10 @@ def test_bench_command_writes_csv_report_and_plots(tmp_path):
         "pattern", "shape", "ndim", "tokens", "heads", "head_dim", "batch", "dtype", "device",
         "pass", "median_ms", "iqr_ms", "peak_mib", "pairs", "gflop", "gflop_per_s", "efficiency",
     ]  # fmt: skip
-    assert [r["pattern"] for r in rows] == [FULL_SDPA, DENSE_MASKED, "window(2)",
-                                            "neighborhood(3) | axial(0)"] * 2  # fmt: skip
+    expected = [FULL_SDPA, DENSE_MASKED, WINDOWS_RESHAPED, "window(2)", "neighborhood(3) | axial(0)"]
+    assert [r["pattern"] for r in rows] == expected * 2
     measured = [r for r in rows if r["median_ms"]]
-    assert len(measured) == 8
+    assert len(measured) == 10
     window_6x6 = rows[2]
     assert float(window_6x6["pairs"]) == 36 * 4
     assert 0 < float(window_6x6["efficiency"]) < 1.5
@@ -183,9 +189,10 @@ def test_backend_applies_to_mask_patterns_only():
     config = BenchConfig(patterns=["window(4)", "linear"], shapes=[(8, 8)], backend="blocksparse")
     rows = plan_cases(config, 100.0)
     labels = [r.case.label for r in rows]
-    assert labels == ["full (SDPA)", "dense masked SDPA", "window(4) [blocksparse]", "linear"]
+    assert labels == ["full (SDPA)", "dense masked SDPA", "windows by reshape (SDPA)",
+                      "window(4) [blocksparse]", "linear"]  # fmt: skip
     result = measure_case(
-        replace(rows[2].case, heads=2, head_dim=8, repeats=2, min_seconds=0, warmup=0)
+        replace(rows[3].case, heads=2, head_dim=8, repeats=2, min_seconds=0, warmup=0)
     )
     assert result["backend"] == "blocksparse" and result["pairs"] == 64 * 16
 

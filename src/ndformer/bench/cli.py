@@ -23,16 +23,20 @@ from .runner import BenchConfig, Row, plan_cases, run_rows, sweep_exponents
 
 def summary_table(rows: list[Row]) -> Table:
     table = Table(title="ndformer bench", show_lines=False)
-    for name in ("pattern", "shape", "median ms", "peak MiB", "GFLOP/s", "efficiency"):
-        table.add_column(name, justify="left" if name in ("pattern", "shape") else "right")
+    both = any(r.case.backward for r in rows)
+    names = ["pattern", "shape", *(["pass"] if both else []), "median ms", "peak MiB",
+             "GFLOP/s", "efficiency"]  # fmt: skip
+    for name in names:
+        table.add_column(name, justify="left" if name in ("pattern", "shape", "pass") else "right")
     for row in rows:
         shape = row.case.shape_label
+        passed = ["fwd+bwd" if row.case.backward else "fwd"] if both else []
         if row.result is None:
-            table.add_row(escape(row.case.label), shape, escape(row.note), "", "", "")
+            table.add_row(escape(row.case.label), shape, *passed, escape(row.note), "", "", "")
             continue
         r = row.result
         label = escape(row.case.label)
-        table.add_row(label, shape, f"{r['median_ms']:.2f}", f"{r['peak_mib']:.0f}",
+        table.add_row(label, shape, *passed, f"{r['median_ms']:.2f}", f"{r['peak_mib']:.0f}",
                       f"{r['gflop_per_s']:.1f}", f"{100 * r['efficiency']:.1f}%")  # fmt: skip
     return table
 

@@ -26,6 +26,9 @@ BACKWARD_FLOPS = 3.5
 #: Pseudo-pattern names of the reference rows.
 FULL_SDPA = "full (SDPA)"
 DENSE_MASKED = "dense masked SDPA"
+#: Windows the way Swin / timm compute them: reshape the grid to [B * windows, heads,
+#: window tokens, head_dim], one 4-D SDPA, reshape back (unshifted windows that divide it).
+WINDOWS_RESHAPED = "windows by reshape (SDPA)"
 
 DTYPES = {
     "float32": torch.float32,
@@ -224,6 +227,12 @@ def _runner(case: Case, layout: Grid | Points, q, k, v, grad) -> Callable[[], ob
         def forward():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
+    elif case.reference == WINDOWS_RESHAPED:
+        size = reshapable_window(case.pattern, case.shape)
+
+        def forward():
+            return windows_by_reshape(q, k, v, case.shape, size)
+
     else:
         spec = parse_pattern(case.pattern)
 
@@ -244,6 +253,43 @@ def _runner(case: Case, layout: Grid | Points, q, k, v, grad) -> Callable[[], ob
         forward().backward(grad)
 
     return run_backward
+
+
+def reshapable_window(spec: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The window size per axis if ``spec`` is an unshifted, undilated ``Window`` whose size
+    divides ``shape`` on every axis (what the reshape path computes), else None."""
+    from ..patterns import Window
+
+    pattern = parse_pattern(spec)
+    if not isinstance(pattern, Window) or pattern.shift not in (0, (0,) * len(shape)):
+        return None
+    if pattern.dilation not in (1, (1,) * len(shape)):
+        return None
+    size = pattern.size if isinstance(pattern.size, tuple) else (pattern.size,) * len(shape)
+    if len(size) != len(shape) or any(n % s for n, s in zip(shape, size, strict=True)):
+        return None
+    return size
+
+
+def windows_by_reshape(q, k, v, shape: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+    """Window attention as Swin / timm write it, in N-D: q, k, v [B, h, N, E] viewed as
+    [B, h, *(windows_a, size_a)], permuted to [B, h, windows, window tokens, E], one SDPA,
+    permuted back."""
+    b, h, n = q.shape[:3]
+    nd = len(shape)
+    split = [d for s, w in zip(shape, size, strict=True) for d in (s // w, w)]
+    order = [0, 1, *range(2, 2 + 2 * nd, 2), *range(3, 3 + 2 * nd, 2), 2 + 2 * nd]
+    windows = math.prod(s // w for s, w in zip(shape, size, strict=True))
+
+    def to_windows(x):
+        grid = x.reshape(b, h, *split, x.shape[-1]).permute(order)
+        return grid.reshape(b, h, windows, -1, x.shape[-1])
+
+    out = F.scaled_dot_product_attention(to_windows(q), to_windows(k), to_windows(v))
+    inverse = [order.index(i) for i in range(len(order))]
+    sizes = [split[i - 2] for i in order[2:-1]]
+    back = out.reshape(b, h, *sizes, v.shape[-1]).permute(inverse)
+    return back.reshape(b, h, n, v.shape[-1])
 
 
 def measure_case(case: Case) -> dict:

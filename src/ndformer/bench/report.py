@@ -112,34 +112,58 @@ def write_report(rows: list[Row], info: dict[str, str], path: Path, sweep: bool 
         "`efficiency` = achieved GFLOP/s ÷ the matmul peak above.",
         "",
     ]
+    both = any(r.case.backward for r in rows)
     for shape in dict.fromkeys((r.case.shape, r.case.points) for r in rows):
         group = [r for r in rows if (r.case.shape, r.case.points) == shape]
-        full = next((r for r in group if r.case.label.startswith("full") and r.result), None)
         lines += [f"## {group[0].case.shape_label} ({group[0].case.tokens} tokens)", ""]
         lines += [
-            "| pattern | backend | median ms | IQR ms | peak MiB | pairs/query | GFLOP |"
-            " GFLOP/s | efficiency | time vs full |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| pattern |" + (" pass |" if both else "") + " backend | median ms | IQR ms |"
+            " peak MiB | pairs/query | GFLOP | GFLOP/s | efficiency | time vs full |"
+            + (" × forward |" if both else ""),
+            "|---|"
+            + ("---|" if both else "")
+            + "---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            + ("---:|" if both else ""),
         ]
         for r in group:
-            label = r.case.label
-            if r.case.reference and r.case.reference != "full (SDPA)":
-                label += f" ({r.case.pattern} mask)"
-            label = _cell(label)
-            if r.result is None:
-                lines.append(f"| {label} | | {r.note} | | | | | | | |")
-                continue
-            res = r.result
-            ratio = f"{res['median_ms'] / full.result['median_ms']:.3f}×" if full else ""
-            lines.append(
-                f"| {label} | {res.get('kernel', '')} | {res['median_ms']:.2f}"
-                f" | {res['iqr_ms']:.2f} | {res['peak_mib']:.0f}"
-                f" | {res['pairs'] / r.case.tokens:.1f} | {res['gflop']:.3f}"
-                f" | {res['gflop_per_s']:.1f} | {100 * res['efficiency']:.1f}% | {ratio} |"
-            )
+            lines.append(_report_row(r, group, both))
         lines.append("")
     lines += _exponent_section(rows, sweep)
     path.write_text("\n".join(lines))
+
+
+def _twin(row: Row, group: list[Row], backward: bool) -> Row | None:
+    """The row of the same case (label) in the given pass, if it ran."""
+    return next(
+        (r for r in group if r.case.label == row.case.label and r.case.backward == backward
+         and r.result is not None), None
+    )  # fmt: skip
+
+
+def _report_row(r: Row, group: list[Row], both: bool) -> str:
+    label = r.case.label
+    if r.case.reference == "dense masked SDPA":
+        label += f" ({r.case.pattern} mask)"
+    elif r.case.reference and r.case.reference != "full (SDPA)":
+        label += f" ({r.case.pattern})"
+    label = _cell(label)
+    passed = f" {'fwd+bwd' if r.case.backward else 'fwd'} |" if both else ""
+    if r.result is None:
+        return f"| {label} |{passed} | {r.note} | | | | | | | |" + (" |" if both else "")
+    res = r.result
+    full = next((x for x in group if x.case.label.startswith("full") and x.result
+                 and x.case.backward == r.case.backward), None)  # fmt: skip
+    ratio = f"{res['median_ms'] / full.result['median_ms']:.3f}×" if full else ""
+    line = (
+        f"| {label} |{passed} {res.get('kernel', '')} | {res['median_ms']:.2f}"
+        f" | {res['iqr_ms']:.2f} | {res['peak_mib']:.0f}"
+        f" | {res['pairs'] / r.case.tokens:.1f} | {res['gflop']:.3f}"
+        f" | {res['gflop_per_s']:.1f} | {100 * res['efficiency']:.1f}% | {ratio} |"
+    )
+    if both:
+        forward = _twin(r, group, False) if r.case.backward else None
+        line += f" {res['median_ms'] / forward.result['median_ms']:.2f}× |" if forward else " |"
+    return line
 
 
 def _exponent_section(rows: list[Row], sweep: bool) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -18,11 +18,13 @@ from .measure import (
     DENSE_MASKED,
     DTYPES,
     FULL_SDPA,
+    WINDOWS_RESHAPED,
     Case,
     Setting,
     case_flops,
     dense_bytes,
     pairs_per_head,
+    reshapable_window,
 )
 
 #: ``attend`` backends that ``bench --backend`` can time.
@@ -140,6 +142,9 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
         cases = [Case(pattern="full", reference=FULL_SDPA, **where)]
         if not config.sweep:
             cases.append(Case(pattern=config.patterns[0], reference=DENSE_MASKED, **where))
+        reshaped = [p for p in config.patterns if not points and reshapable_window(p, shape)]
+        if reshaped:
+            cases.append(Case(pattern=reshaped[0], reference=WINDOWS_RESHAPED, **where))
         cases += [
             Case(
                 pattern=p,
@@ -148,6 +153,8 @@ def plan_cases(config: BenchConfig, peak_gflops: float) -> list[Row]:
             )
             for p in config.patterns
         ]
+        if config.backward:  # every case also forward only: what training adds to inference
+            cases = [c for case in cases for c in (replace(case, backward=False), case)]
         rows += [_admit(case, config, peak_gflops) for case in cases]
     return rows
 
