@@ -119,7 +119,13 @@ def test_bench_command_writes_csv_report_and_plots(tmp_path):
         "pattern", "shape", "ndim", "tokens", "heads", "head_dim", "batch", "dtype", "device",
         "pass", "median_ms", "iqr_ms", "peak_mib", "pairs", "gflop", "gflop_per_s", "efficiency",
     ]  # fmt: skip
-    expected = [FULL_SDPA, DENSE_MASKED, WINDOWS_RESHAPED, "window(2)", "neighborhood(3) | axial(0)"]
+    expected = [
+        FULL_SDPA,
+        DENSE_MASKED,
+        WINDOWS_RESHAPED,
+        "window(2)",
+        "neighborhood(3) | axial(0)",
+    ]
     assert [r["pattern"] for r in rows] == expected * 2
     measured = [r for r in rows if r["median_ms"]]
     assert len(measured) == 10
