@@ -76,6 +76,11 @@ struct Driver {
     }
 
     int64_t chunks() const { return sp.nchunks > 0 ? sp.nchunks : 1; }
+    // One chunk over every token: the backward writes dk, dv instead of adding to zeros.
+    bool writes_whole_row() const {
+        if (sp.nchunks == 0) return true;
+        return sp.nchunks == 1 && sp.chunks[2] <= 0 && sp.chunks[3] >= c.n;
+    }
     // (first group, end group, first key token, end key token) of chunk i
     void chunk(int64_t i, int64_t& g0, int64_t& g1, int64_t& lo, int64_t& hi) const {
         if (sp.nchunks == 0) {
@@ -100,14 +105,16 @@ struct Driver {
         memset(a.dkt - VL, 0, sizeof(T) * (c.e + c.ev) * np);
     }
 
+    // dk, dv [lo, hi) += (or, with one chunk covering the row, =) the chunk's dK^T, dV^T.
     void add_back(const Row<T>& a, int64_t r, int64_t lo, int64_t hi, int64_t b0, int64_t b1,
                   int more) const {
+        const bool add = !writes_whole_row();
         const int64_t n = c.n, e = c.e, ev = c.ev;
         T *dk = (T*)c.dk + (r * n + lo) * e, *dv = (T*)c.dv + (r * n + lo) * ev;
         const int64_t count = hi - lo, t0 = b0 * VL, t1 = b1 * VL < count ? b1 * VL : count;
         if (t1 <= t0) return;
-        K::transpose_add(a.dkt + t0, dk + t0 * e, t1 - t0, e, np, more, per_worker);
-        K::transpose_add(a.dvt + t0, dv + t0 * ev, t1 - t0, ev, np, more, per_worker);
+        K::transpose_add(a.dkt + t0, dk + t0 * e, t1 - t0, e, np, more, per_worker, add);
+        K::transpose_add(a.dvt + t0, dv + t0 * ev, t1 - t0, ev, np, more, per_worker, add);
     }
 
     template <bool BACKWARD>
@@ -122,7 +129,7 @@ struct Driver {
     template <bool BACKWARD>
     void whole_row(int64_t r, T* scratch) const {
         Row<T> a = row(r, scratch);
-        if (BACKWARD) {
+        if (BACKWARD && !writes_whole_row()) {
             memset((T*)c.dk + r * c.n * c.e, 0, sizeof(T) * c.n * c.e);
             memset((T*)c.dv + r * c.n * c.ev, 0, sizeof(T) * c.n * c.ev);
         }
@@ -156,7 +163,7 @@ struct Driver {
                 b = jobs * t / count, e = jobs * (t + 1) / count;
             };
             int64_t b, e;
-            if (BACKWARD) {
+            if (BACKWARD && !writes_whole_row()) {
                 share(c.n, b, e);
                 memset((T*)c.dk + (r * c.n + b) * c.e, 0, sizeof(T) * (e - b) * c.e);
                 memset((T*)c.dv + (r * c.n + b) * c.ev, 0, sizeof(T) * (e - b) * c.ev);

@@ -249,9 +249,10 @@ struct Ops {
     }
 
     // The inverse, accumulated: x[t, d] += xt[d, t] for the n tokens of xt [e, np] (and,
-    // with `more` = the scratch of other workers, spaced `step` apart, their sums too).
+    // with `more` = the scratch of other workers, spaced `step` apart, their sums too);
+    // x[t, d] = ... when not `add`.
     static void transpose_add(const T* xt, T* x, int64_t n, int64_t e, int64_t np, int more = 0,
-                              int64_t step = 0) {
+                              int64_t step = 0, bool add = true) {
         for (int64_t t0 = 0; t0 < n; t0 += VL) {
             const int m = n - t0 < VL ? (int)(n - t0) : VL;
             T* rows = x + t0 * e;
@@ -265,11 +266,16 @@ struct Ops {
                 vec blk[VL];
                 for (int d = 0; d < VL; d++) blk[d] = column(d0 + d);
                 transpose_block(blk);
-                for (int l = 0; l < m; l++) add_to(rows + l * e + d0, blk[l]);
+                for (int l = 0; l < m; l++) {
+                    if (add)
+                        add_to(rows + l * e + d0, blk[l]);
+                    else
+                        store(rows + l * e + d0, blk[l]);
+                }
             }
             for (; d0 < e; d0++) {
                 vec v = column(d0);
-                for (int l = 0; l < m; l++) rows[l * e + d0] += v[l];
+                for (int l = 0; l < m; l++) rows[l * e + d0] = (add ? rows[l * e + d0] : 0) + v[l];
             }
         }
     }
