@@ -64,9 +64,11 @@ def main() -> None:
             step()
             times[spec].append(time.perf_counter() - start)
     tokens = (args.size // args.patch) ** 2
-    print(f"vit-tiny width, {args.depth} blocks, {tokens} tokens ({args.size}x{args.size},"
-          f" patch {args.patch}), batch {args.batch}, torch {torch.__version__},"
-          f" {torch.get_num_threads()} threads; median of {args.rounds} interleaved steps")  # fmt: skip
+    print(
+        f"vit-tiny width, {args.depth} blocks, {tokens} tokens ({args.size}x{args.size},"
+        f" patch {args.patch}), batch {args.batch}, torch {torch.__version__},"
+        f" {torch.get_num_threads()} threads; median of {args.rounds} interleaved steps"
+    )
     full = statistics.median(times["full"]) if "full" in times else None
     results = {}
     print(f"{'pattern':18} {'step s':>8} {'samples/s':>10} {'vs full':>8}")
