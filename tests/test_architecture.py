@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {
         "_checks",
         "_cache",
+        "errors",
         "_io",
         "_index",
         "_version",
@@ -36,7 +37,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"bench"},
     {"arena"},
-    {"cli", "cli_train"},
+    {"cli", "cli_train", "cli_errors", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

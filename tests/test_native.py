@@ -4,6 +4,7 @@ on grids, same-group patterns on points), with and without autograd."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -40,9 +41,16 @@ def test_the_kernels_build_here_with_torch_s_openmp():
     c = native.constants()
     assert c.lanes_f32 == 2 * c.lanes_f64 and c.lanes_f32 in (4, 8, 16)
     assert c.openmp  # built with OpenMP ...
-    with open("/proc/self/maps") as handle:  # ... and sharing the one runtime torch loaded
-        maps = handle.read()
-    gomp = {line.split()[-1] for line in maps.splitlines() if "gomp" in line.split("/")[-1]}
+    # ... and sharing the one runtime torch loaded (in a fresh process: other libraries the
+    # tests import, such as scikit-learn, bring their own libgomp)
+    probe = (
+        "from ndformer.kernels.native import build; assert build.native_status() == 'ready';"
+        "maps = open('/proc/self/maps').read().splitlines();"
+        "print(sorted({l.split()[-1] for l in maps if 'gomp' in l.split('/')[-1]}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    gomp = ast.literal_eval(done.stdout)
     assert len(gomp) == 1, gomp
 
 

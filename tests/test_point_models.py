@@ -214,7 +214,9 @@ def test_point_teacher_is_a_voxel_cnn_and_grid_models_are_refused(tmp_path):
     teacher = json.loads((tmp_path / "run" / "teacher" / "run.json").read_text())
     assert teacher["status"] == "done" and teacher["train"]["model"] == "voxconv-tiny"
     grid = TrainConfig(task="scenes-points", model="vit-tiny", steps=2)
-    with pytest.raises(TrainingError, match="data are point clouds"):
+    with pytest.raises(
+        TrainingError, match="takes grids but rooms holds point clouds; try --model volt-tiny"
+    ):
         fit(grid, tmp_path / "grid", data=data, progress=False)
 
 

@@ -112,7 +112,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
 
     real = F.cross_entropy
     monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(TrainingError, match="loss became nan at step 3; stopped"):
+    message = r"loss became nan at step 3 .* the checkpoint of step 2 in .* is intact"
+    with pytest.raises(TrainingError, match=message):
         fit(config, tmp_path / "run", progress=False, resume=True)
     assert (tmp_path / "run" / "state.pt").read_bytes() == before
 
@@ -206,8 +207,10 @@ def test_arena_writes_report_csv_and_pareto_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_vit_tiny_reaches_95_percent_on_digits(tmp_path):
-    config = TrainConfig(task="digits", model="vit-tiny", steps=1000, batch_size=64, lr=1e-3)
+def test_a_vit_reaches_95_percent_on_digits(tmp_path):
+    # vit-tiny's width and heads in 4 blocks (its 12 took 7.5 of the suite's 16 minutes)
+    config = TrainConfig(task="digits", model="vit-tiny", overrides=dict(depth=4), steps=1000,
+                         batch_size=64, lr=1e-3)  # fmt: skip
     result = fit(config, tmp_path / "digits", progress=False)
     assert result.score.value >= 0.95, result.score
 

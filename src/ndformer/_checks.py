@@ -61,3 +61,26 @@ def check_axis(name: str, axis: int, ndim: int) -> int:
 def needs_grad(*tensors: torch.Tensor) -> bool:
     """Will autograd want gradients through an op on these tensors?"""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def check_device(text: str, option: str = "--device") -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` -> a ``torch.device`` that exists on this machine;
+    a ``UsageError`` naming ``option`` otherwise (also for devices without data, like meta)."""
+    from .errors import UsageError
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"{option} must be like cpu, cuda or cuda:1; got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"{option} {text!r}: only cpu and cuda devices are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"{option} {text!r} was asked for but CUDA is not available"
+                f" (torch {torch.__version__})"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"{option} {text!r}: this machine has {count} CUDA device(s)")
+    return device

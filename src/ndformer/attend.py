@@ -55,6 +55,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
         raise ValueError(f"q and k must have the same head_dim; got {shapes}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must have one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.is_floating_point():
+        raise ValueError(f"q, k and v must be floating point; got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(
             f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}"
@@ -126,7 +128,16 @@ def _grid_verdict(key: tuple, backend: str) -> str | None:
     return backends.BACKENDS[backend].supports(call)
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo``
+    (about 2 s, which every command-line start would pay): that function only sets this
+    marker, which dynamo reads when it traces a call (``tests/test_compile.py`` checks that
+    compiled models still have no graph break)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _constant_verdict(key: tuple, backend: str) -> str | None:
     """torch.compile calls this at trace time and keeps its result as a constant: the
     choice (and the plans it builds) stay out of the graph, so a compiled model has no

@@ -53,19 +53,60 @@ Examples:
 """
 
 
-def _fail(console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=2)
+#: Suffixes ``show --out`` can write (matplotlib's raster and vector formats).
+PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def picture_path(out: Path) -> Path:
+    """``--out mask`` -> ``mask.png``; a ``UsageError`` for a suffix matplotlib cannot write."""
+    from .errors import UsageError
+
+    if not out.suffix:
+        return out.with_suffix(".png")
+    if out.suffix.lower() not in PICTURE_SUFFIXES:
+        raise UsageError(
+            f"--out {str(out)!r}: cannot draw a {out.suffix} file; use one of"
+            f" {', '.join(PICTURE_SUFFIXES)}"
+        )
+    return out
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"ndformer {__version__}")
+        raise typer.Exit()
 
 
 def build_app():
+    from .cli_errors import DEBUG_ENV, fail, guarded
+
     app = typer.Typer(
         help="ndformer: exact efficient attention patterns for N-D data.",
         no_args_is_help=True,
         add_completion=False,
         rich_markup_mode=None,
+        pretty_exceptions_enable=False,
     )
-    console = Console(highlight=False)
+    # markup=False: messages and data names print as they are ("[n, 3]" survives).
+    console = Console(highlight=False, markup=False)
+
+    @app.callback()
+    def options(
+        debug: Annotated[
+            bool, typer.Option(help="Show the full traceback of errors (or NDFORMER_DEBUG=1).")
+        ] = False,
+        version: Annotated[
+            bool,
+            typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        ] = False,
+    ) -> None:
+        """ndformer: exact efficient attention patterns for N-D data."""
+        import os
+
+        if debug:
+            os.environ[DEBUG_ENV] = "1"
 
     @app.command(epilog=EXAMPLES_SHOW)
     def show(
@@ -93,20 +134,22 @@ def build_app():
         Prints keys per query and density; with --out draws the grid (3-D and 4-D
         grids as 2-D slices). A small 1-D or 2-D slice is also drawn as text.
         """
+        from ._io import atomic_write, check_output_dir
         from .viz import parse_shape, pattern_view, plot_pattern
 
-        try:
-            view = pattern_view(spec, parse_shape(shape), query=query, head=head, heads=heads)
-        except ValueError as err:
-            _fail(console, str(err))
+        out = None if out is None else picture_path(out)
+        if out is not None and out.is_dir():
+            fail(f"--out {str(out)!r} is a folder; give a file name such as mask.png")
+        view = pattern_view(spec, parse_shape(shape), query=query, head=head, heads=heads)
         console.print(view.summary())
         picture = view.text()
         if picture is not None:
             console.print(picture)
         if out is not None:
             fig = plot_pattern(view)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(out, dpi=120, bbox_inches="tight")
+            check_output_dir(out.parent)
+            fmt = out.suffix.lstrip(".").lower()
+            atomic_write(out, lambda h: fig.savefig(h, format=fmt, dpi=120, bbox_inches="tight"))
             console.print(f"wrote {out}")
 
     @app.command(epilog=EXAMPLES_BENCH)
@@ -142,7 +185,7 @@ def build_app():
             typer.Option(
                 help="attend backend for the mask patterns: auto, tiled, blocksparse, flex"
                 " (PyTorch FlexAttention, compiled; CPU: forward only) or native"
-                " (ndformer's compiled CPU kernel; forward only)."
+                " (ndformer's compiled CPU kernels, forward and backward)."
             ),
         ] = "auto",
         quick: Annotated[
@@ -169,21 +212,20 @@ def build_app():
         from .bench.runner import BenchConfig
         from .viz import parse_shape
 
-        try:
-            config = BenchConfig(heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
-                                 device=device, backward=backward, quick=quick, sweep=sweep,
-                                 max_memory_gib=max_memory, backend=backend)  # fmt: skip
-            if patterns:
-                config.patterns = [parse_pattern_spec(p) for p in patterns]
-            if shapes:
-                config.shapes = [parse_shape(s) for s in shapes]
-            if points:
-                config.points = list(points)
-                config.shapes = [parse_shape(s) for s in shapes or []]
-            config.__post_init__()
-        except ValueError as err:
-            _fail(console, str(err))
-        run_bench_command(config, out, console)
+        config = BenchConfig(heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
+                             device=device, backward=backward, quick=quick, sweep=sweep,
+                             max_memory_gib=max_memory, backend=backend)  # fmt: skip
+        if patterns:
+            config.patterns = [parse_pattern_spec(p) for p in patterns]
+        if shapes:
+            config.shapes = [parse_shape(s) for s in shapes]
+        if points:
+            config.points = list(points)
+            config.shapes = [parse_shape(s) for s in shapes or []]
+        config.__post_init__()
+        rows = run_bench_command(config, out, console)
+        if any(r.note.startswith("not run") for r in rows):
+            raise typer.Exit(code=130)  # interrupted: what finished is written
 
     @app.command(epilog=EXAMPLES_INFO)
     def info(
@@ -198,21 +240,21 @@ def build_app():
     ) -> None:
         """Versions, device, threads, the measured float32 matmul peak, and which backend
         attend takes for each pattern, at inference and in training."""
+        from ._checks import check_device
         from .bench.measure import matmul_peak
         from .bench.report import machine_info
         from .viz import parse_shape
 
+        check_device(device)
+        grid = parse_shape(shape)
+        specs = [parse_pattern_spec(p) for p in patterns or INFO_PATTERNS]
         for key, value in machine_info(device, matmul_peak(device)).items():
             console.print(f"{key:>20}: {value}")
-        try:
-            table = backend_table(patterns or INFO_PATTERNS, parse_shape(shape), device)
-        except ValueError as err:
-            _fail(console, str(err))
-        console.print(table)
+        console.print(backend_table(specs, grid, device))
 
     from .cli_train import register
 
-    register(app, console, lambda message: _fail(console, message))
+    register(app, console, fail)
 
     @app.command("patterns", epilog=EXAMPLES_PATTERNS)
     def list_patterns_command() -> None:
@@ -222,6 +264,8 @@ def build_app():
         for name in list_patterns():
             console.print(signature(name))
 
+    for command in app.registered_commands:
+        command.callback = guarded(command.callback)
     return app
 
 
@@ -237,8 +281,8 @@ def backend_table(specs, shape: tuple[int, ...], device: str):
     training on a grid of ``shape`` (float32, 4 heads of 32), and the other backends that
     run it (``ndformer.backends.describe``)."""
     import torch
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from .backends import describe
 
@@ -249,8 +293,8 @@ def backend_table(specs, shape: tuple[int, ...], device: str):
         row = describe(spec, shape, device=torch.device(device))
         others = [n for n, why in row["training backends"].items()
                   if why is None and n not in str(row["training"])]  # fmt: skip
-        table.add_row(*(escape(str(x)) for x in (row["pattern"], row["inference"],
-                                                  row["training"], ", ".join(others))))  # fmt: skip
+        table.add_row(*(Text(str(x)) for x in (row["pattern"], row["inference"],
+                                                row["training"], ", ".join(others))))  # fmt: skip
     return table
 
 

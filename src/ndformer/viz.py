@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._checks import check_int
 from ._index import row_major_strides
+from .errors import check_fits
 from .layout import Grid, as_layout
 from .patterns import HeadSplit, Pattern
 from .patterns import pattern as parse_pattern
@@ -153,7 +155,13 @@ def pattern_view(
 ) -> PatternView:
     """Compute the keys of ``query`` (or keys per query when ``query`` is None) for one head."""
     pattern, layout = parse_pattern(pattern), as_layout(layout)
+    if heads is not None:
+        check_int("heads", heads, minimum=1)
     heads = heads if heads is not None else default_heads(pattern)
+    n = layout.num_tokens
+    need = n * 8 * (layout.ndim + 4) + 1024 * n * heads
+    grid = "x".join(map(str, layout.shape))
+    check_fits(f"showing a {grid} grid ({n} tokens)", need, "choose a smaller --shape")
     if not 0 <= head < heads:
         raise ValueError(f"head {head} is outside 0..{heads - 1} (heads={heads})")
     counts = pattern.key_counts(layout, heads=heads)

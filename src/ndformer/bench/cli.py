@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from .measure import matmul_peak
 from .report import machine_info, write_outputs
@@ -32,10 +32,10 @@ def summary_table(rows: list[Row]) -> Table:
         shape = row.case.shape_label
         passed = ["fwd+bwd" if row.case.backward else "fwd"] if both else []
         if row.result is None:
-            table.add_row(escape(row.case.label), shape, *passed, escape(row.note), "", "", "")
+            table.add_row(Text(row.case.label), shape, *passed, Text(row.note), "", "", "")
             continue
         r = row.result
-        label = escape(row.case.label)
+        label = Text(row.case.label)
         table.add_row(label, shape, *passed, f"{r['median_ms']:.2f}", f"{r['peak_mib']:.0f}",
                       f"{r['gflop_per_s']:.1f}", f"{100 * r['efficiency']:.1f}%")  # fmt: skip
     return table
@@ -46,17 +46,17 @@ def run_bench_command(config: BenchConfig, out: Path, console: Console) -> list[
     console.print(f"measuring the float32 matmul peak on {config.device} ...")
     peak = matmul_peak(config.device)
     info = machine_info(config.device, peak)
-    console.print(f"matmul peak: [bold]{peak:.1f} GFLOP/s[/]  (torch {info['torch']},"
+    console.print(f"matmul peak: {peak:.1f} GFLOP/s  (torch {info['torch']},"
                   f" {info['torch threads']} threads)")  # fmt: skip
     rows = plan_cases(config, peak)
     todo = sum(1 for r in rows if r.result is None and not r.note)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("starting", total=todo)
 
         def on_start(row: Row) -> None:
-            progress.update(task, description=escape(f"{row.case.label} @ {row.case.shape_label}"))
+            progress.update(task, description=f"{row.case.label} @ {row.case.shape_label}")
 
         def on_done(row: Row) -> None:
             progress.advance(task)
@@ -69,7 +69,7 @@ def run_bench_command(config: BenchConfig, out: Path, console: Console) -> list[
         if alpha is not None:
             console.print(f"cost exponent alpha  {label} ({series}): {alpha:.2f}")
     if interrupted:
-        console.print("[yellow]interrupted: wrote the cases that finished[/]")
+        console.print("interrupted: wrote the cases that finished")
     for path in paths:
         console.print(f"wrote {path}")
     return rows

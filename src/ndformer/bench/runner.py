@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_device, check_int
 from .._io import run_json_worker
 from ..backends import Call, unsupported
+from ..errors import check_fits
 from ..layout import Grid
 from ..patterns import pattern as parse_pattern
 from .measure import (
@@ -79,14 +80,7 @@ class BenchConfig(Setting):
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(
-                f"device must be like cpu, cuda or cuda:1; got {self.device!r}"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} was asked for but CUDA is not available")
+        device = check_device(self.device)
         for name in ("heads", "head_dim", "batch"):
             check_int(name, getattr(self, name), minimum=1)
         if self.backend not in FAST_BACKENDS:
@@ -107,6 +101,13 @@ class BenchConfig(Setting):
         self.shapes = [Grid(s).shape for s in self.shapes]
         for n in self.points:
             check_int("points", n, minimum=1)
+        itemsize = torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+        per_token = self.batch * self.heads * self.head_dim * itemsize * (8 if self.backward else 4)
+        for tokens, name in [(math.prod(s), "x".join(map(str, s))) for s in self.shapes] + [
+            (n, f"{n} points") for n in self.points
+        ]:
+            check_fits(f"bench at {name} (q, k, v and the output alone)", tokens * per_token,
+                       "choose a smaller shape")  # fmt: skip
         short = self.quick or self.sweep
         if self.repeats is None:
             self.repeats = 3 if short else 10

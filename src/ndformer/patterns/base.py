@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .._index import axis_outer, partition_ids
+from ..errors import check_fits
 from ..layout import Grid, Points
 from .axis import AllRule, AxisRule, PartitionRule, relation
 
@@ -80,7 +81,10 @@ class Pattern:
         tests, plots and small inputs.
         """
         self.check(layout)
-        return self.mask_rows(layout, torch.arange(layout.num_tokens), heads)
+        n = layout.num_tokens
+        rows = heads if self.head_dependent else 1
+        check_fits(f"the dense {n} x {n} mask of {self!r}", n * n * rows, "use attend's fast paths")
+        return self.mask_rows(layout, torch.arange(n), heads)
 
     def group_ids(self, layout: Points) -> torch.Tensor | None:
         """On ``Points``: LongTensor [N] with query i attending key j iff their ids are equal

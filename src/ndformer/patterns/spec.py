@@ -14,8 +14,15 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 
+from ..errors import UsageError
 from .base import REGISTRY, Pattern, list_patterns
+
+#: Limits of a spec string: characters, nesting depth of its expression, and integers.
+MAX_SPEC_LENGTH = 2000
+MAX_SPEC_DEPTH = 40
+MAX_SPEC_INT = 2**31 - 1
 
 
 def signature(name: str) -> str:
@@ -32,7 +39,7 @@ def signature(name: str) -> str:
 
 
 def _error(text: str, problem: str) -> ValueError:
-    return ValueError(
+    return UsageError(
         f"invalid pattern spec {text!r}: {problem}. Valid patterns: {', '.join(list_patterns())}"
     )
 
@@ -46,7 +53,13 @@ def _lookup(name: str, text: str):
 
 def _value(node: ast.AST, text: str) -> object:
     if isinstance(node, ast.Constant) and isinstance(node.value, bool | int | float | str):
-        return node.value
+        value = node.value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SPEC_INT:
+            raise _error(text, f"the integer {str(value)[:12]}... is out of range (at most"
+                               f" {MAX_SPEC_INT})")  # fmt: skip
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _error(text, f"{value} is not a finite number")
+        return value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         inner = _value(node.operand, text)
         if isinstance(inner, bool) or not isinstance(inner, int | float):
@@ -68,6 +81,10 @@ def _pattern(node: ast.AST, text: str) -> Pattern:
             k.arg is None for k in node.keywords
         ):
             raise _error(text, "*args and **kwargs are not allowed")
+        names = [k.arg for k in node.keywords]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise _error(text, f"keyword {repeated[0]!r} given more than once")
         args = tuple(_value(a, text) for a in node.args)
         kwargs = {k.arg: _value(k.value, text) for k in node.keywords}
         return _build(node.func.id, args, kwargs, text)
@@ -103,8 +120,26 @@ def pattern(spec: str | Pattern) -> Pattern:
     text = spec.strip()
     if not text:
         raise _error(spec, "empty spec")
+    if len(text) > MAX_SPEC_LENGTH:
+        raise UsageError(
+            f"invalid pattern spec {text[:40]!r}...: {len(text)} characters, at most"
+            f" {MAX_SPEC_LENGTH}"
+        )
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError as err:
-        raise _error(spec, f"syntax error ({err.msg})") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        raise _error(spec, f"syntax error ({getattr(err, 'msg', err)})") from None
+    depth = _depth(tree.body)
+    if depth > MAX_SPEC_DEPTH:
+        raise _error(spec, f"nested {depth} deep, at most {MAX_SPEC_DEPTH}")
     return _pattern(tree.body, spec)
+
+
+def _depth(root: ast.AST) -> int:
+    """Nesting depth of an expression tree (iterative: no recursion limit)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest

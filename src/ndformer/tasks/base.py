@@ -12,6 +12,7 @@ import torch
 
 from .._cache import cache_root
 from .._io import atomic_write
+from ..errors import DataError
 
 KINDS = ("classification", "segmentation")
 SPLITS = ("train", "val", "test")
@@ -100,11 +101,37 @@ def check_labels(task: TaskData, split: str) -> None:
         )
 
 
+def check_user_data(task: TaskData, source: str) -> TaskData:
+    """Checks of data read from the user's files (``source`` names them): every split
+    non-empty, finite values, and every class present in the train split."""
+    for split in SPLITS:
+        if len(task.y[split]) == 0:
+            raise DataError(f"{source}: the {split} split is empty")
+        x = task.x[split]
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise DataError(f"{source}: {split} images hold {bad} NaN or infinite value(s)")
+    if task.kind == "classification":
+        counts = torch.bincount(task.y["train"], minlength=task.num_classes)
+        empty = [i for i, c in enumerate(counts.tolist()) if c == 0]
+        if empty:
+            names = task.class_names or [str(i) for i in range(task.num_classes)]
+            raise DataError(
+                f"{source}: class(es) {[names[i] for i in empty]} have no train samples"
+                f" (labels must be 0..{task.num_classes - 1}, each with examples in train)"
+            )
+    return task
+
+
 def split_indices(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
-    """A deterministic random split of ``range(n)`` into train / val / test."""
+    """A deterministic random split of ``range(n)`` into train / val / test; with
+    ``n >= 3`` no split is empty."""
     order = np.random.default_rng(seed).permutation(n)
     n_train = round(fractions[0] * n)
     n_val = round(fractions[1] * n)
+    if n >= 3:
+        n_val = max(1, n_val)
+        n_train = max(1, min(n_train, n - n_val - 1))
     parts = np.split(order, [n_train, n_train + n_val])
     return dict(zip(SPLITS, parts, strict=True))
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import SPLITS, TaskData, split_indices
+from ..errors import DataError, UsageError
+from .base import SPLITS, TaskData, check_user_data, split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -31,21 +32,50 @@ def load_data(path: str | Path, seed: int = 0):
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"--data {str(path)!r} does not exist")
+        raise UsageError(f"--data {str(path)!r} does not exist")
     from .points import is_point_folder, load_point_folder
 
     if path.is_dir():
         if is_point_folder(path):
             return load_point_folder(path, seed)
-        return _image_folder(path, seed)
-    if path.suffix == ".npz":
-        return _npz(path)
-    if path.suffix == ".csv":
-        return _nifti_csv(path, seed)
-    raise ValueError(
-        f"--data {str(path)!r}: expected a folder of class folders, an .npz or a .csv of NIfTI"
-        " paths"
+        return check_user_data(_image_folder(path, seed), str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return check_user_data(_npz(path), str(path))
+    if suffix == ".csv":
+        return check_user_data(_nifti_csv(path, seed), str(path))
+    if suffix == ".ply":
+        raise UsageError(
+            f"--data {str(path)!r} is one point cloud; training needs a folder of labelled"
+            " scenes (put it in a folder with the others); to label it use ndformer predict"
+        )
+    raise UsageError(
+        f"--data {str(path)!r}: expected a folder (class folders of images, or .ply/.npz"
+        f" scenes), an .npz in the MedMNIST layout or a .csv of NIfTI paths, not"
+        f" {suffix or 'a file without a suffix'}"
     )
+
+
+def read_npz(path: Path, kind: str = ".npz archive") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read completely; a ``DataError`` naming the file
+    for an empty, truncated, corrupt or pickled archive."""
+    import zipfile
+    import zlib
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: a single .npy array, not an {kind}")
+            return {name: data[name] for name in data.files}
+    except DataError:
+        raise
+    except EOFError:
+        raise DataError(f"{path}: the file is empty, not an {kind}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError) as error:
+        problem = "it holds Python objects" if "pickle" in str(error) else error
+        raise DataError(
+            f"{path}: not a readable {kind} ({problem}); the file may be truncated or corrupt"
+        ) from None
 
 
 def _classification(name: str, images: np.ndarray, labels: np.ndarray, parts, classes, patch):
@@ -66,31 +96,37 @@ def _suggest_patch(spatial: tuple[int, ...]) -> int:
 
 
 def _image_folder(root: Path, seed: int) -> TaskData:
-    from PIL import Image
-
     split_roots = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if split_roots and set(split_roots) != set(SPLITS):
-        raise ValueError(f"{root}: has {sorted(split_roots)} folders; need all of {list(SPLITS)}")
+        raise DataError(f"{root}: has {sorted(split_roots)} folders; need all of {list(SPLITS)}")
     sources = split_roots or {"all": root}
     classes = sorted(d.name for d in next(iter(sources.values())).iterdir() if d.is_dir())
     if len(classes) < 2:
-        raise ValueError(f"{root}: need at least 2 class folders, found {classes}")
+        raise DataError(f"{root}: need at least 2 class folders, found {classes}")
     files: dict[str, list[tuple[Path, int]]] = {}
     for split, base in sources.items():
-        files[split] = [
-            (f, label)
-            for label, cls in enumerate(classes)
-            for f in sorted((base / cls).iterdir())
-            if f.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        found = sorted(d.name for d in base.iterdir() if d.is_dir())
+        if found != classes:
+            raise DataError(
+                f"{base}: class folders {found} differ from {classes} (every split needs the"
+                " same class folders)"
+            )
+        files[split] = []
+        for label, cls in enumerate(classes):
+            images = [
+                f for f in sorted((base / cls).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if not images and (split in ("train", "all")):
+                raise DataError(f"{base / cls}: an empty class folder (no images)")
+            files[split] += [(f, label) for f in images]
         if not files[split]:
-            raise ValueError(f"{base}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    first = Image.open(files[next(iter(files))][0][0])
+            raise DataError(f"{base}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    first = _open_image(files[next(iter(files))][0][0])
     mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
     size = first.size
 
     def read(items):
-        arrays = [np.asarray(Image.open(f).convert(mode).resize(size)) for f, _ in items]
+        arrays = [np.asarray(_open_image(f).convert(mode).resize(size)) for f, _ in items]
         x = np.stack(arrays).astype(np.uint8)
         x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
         return x, np.array([label for _, label in items], dtype=np.int64)
@@ -108,20 +144,38 @@ def _image_folder(root: Path, seed: int) -> TaskData:
     return _classification(root.name, images, labels, parts, classes, patch)
 
 
+def _open_image(path: Path):
+    """The image at ``path``, decoded (a ``DataError`` naming it if it cannot be)."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:  # UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: not a readable image ({error})") from None
+    return image
+
+
 def _npz(path: Path) -> TaskData:
-    with np.load(path) as data:
-        missing = [
-            f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in data
-        ]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing} (has {sorted(data.files)})")
-        images = {s: data[f"{s}_images"] for s in SPLITS}
-        labels = {s: data[f"{s}_labels"] for s in SPLITS}
+    data = read_npz(path, ".npz in the MedMNIST layout")
+    if "xyz" in data:
+        raise UsageError(
+            f"--data {str(path)!r} is one point cloud (it has 'xyz'); training needs a folder of"
+            " labelled scenes; to label it use ndformer predict"
+        )
+    missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in data]
+    if missing:
+        raise DataError(f"{path}: missing arrays {missing} (has {sorted(data)})")
+    images = {s: data[f"{s}_images"] for s in SPLITS}
+    labels = {s: data[f"{s}_labels"] for s in SPLITS}
+    for s in SPLITS:
+        if images[s].dtype.kind not in "biuf":
+            raise DataError(f"{path}: {s}_images must be numbers, got dtype {images[s].dtype}")
     x = {s: _channels_first(images[s], f"{path}: {s}_images") for s in SPLITS}
     spatial = x["train"].shape[2:]
     for s in SPLITS:
         if x[s].shape[1:] != x["train"].shape[1:]:
-            raise ValueError(
+            raise DataError(
                 f"{path}: {s}_images {images[s].shape} do not match train_images"
                 f" {images['train'].shape} (channels and spatial size must agree)"
             )
@@ -132,13 +186,23 @@ def _npz(path: Path) -> TaskData:
         if not dense and lab.ndim == 2 and lab.shape[1] == 1:
             lab = lab[:, 0]
         if lab.shape[0] != x[s].shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"{path}: {s}_labels has {lab.shape[0]} entries for {x[s].shape[0]} images"
             )
         if not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"{path}: {s}_labels must be integers, got {lab.dtype}")
+            raise DataError(f"{path}: {s}_labels must be integers, got {lab.dtype}")
+        if lab.size and int(lab.min()) < 0:
+            raise DataError(f"{path}: {s}_labels hold {int(lab.min())}; labels must be >= 0")
         y[s] = torch.from_numpy(lab.astype(np.int64))
-    num_classes = int(max(int(y[s].max()) for s in SPLITS if y[s].numel())) + 1
+    if not y["train"].numel():
+        raise DataError(f"{path}: the train split is empty")
+    num_classes = int(y["train"].max()) + 1
+    for s in ("val", "test"):
+        if y[s].numel() and int(y[s].max()) >= num_classes:
+            raise DataError(
+                f"{path}: {s}_labels reach {int(y[s].max())} but train_labels only 0.."
+                f"{num_classes - 1} (every class needs train examples)"
+            )
     return TaskData(
         name=path.stem,
         kind="segmentation" if dense else "classification",
@@ -157,7 +221,7 @@ def _channels_first(images: np.ndarray, name: str) -> np.ndarray:
         return images.transpose(0, 3, 1, 2)
     if images.ndim == 4:
         return images[:, None]
-    raise ValueError(
+    raise DataError(
         f"{name} has shape {images.shape}; expected [n, H, W], [n, H, W, C] or [n, D, H, W]"
     )
 
@@ -167,10 +231,13 @@ def _nifti_csv(path: Path, seed: int) -> TaskData:
         import nibabel
     except ImportError as error:
         raise ValueError("NIfTI data needs nibabel: pip install 'ndformer[all]'") from error
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
     if not rows or {"path", "label"} - set(rows[0]):
-        raise ValueError(f"{path}: needs a header with columns 'path,label'")
+        raise DataError(f"{path}: needs a header with columns 'path,label' and at least one row")
     names = sorted({row["label"] for row in rows})
     volumes, labels = [], []
     shape = None
@@ -178,10 +245,20 @@ def _nifti_csv(path: Path, seed: int) -> TaskData:
         file = Path(row["path"])
         file = file if file.is_absolute() else path.parent / file
         if not file.exists():
-            raise ValueError(f"{path}:{line}: volume {str(file)!r} does not exist")
-        volume = torch.from_numpy(np.asarray(nibabel.load(str(file)).get_fdata(), np.float32))
+            raise DataError(f"{path}:{line}: volume {str(file)!r} does not exist")
+        try:
+            array = np.asarray(nibabel.load(str(file)).get_fdata(), np.float32)
+        except Exception as error:  # nibabel, gzip and zlib errors of a broken file
+            problem = " ".join(str(error).split()) or type(error).__name__
+            raise DataError(
+                f"{path}:{line}: volume {str(file)!r} is unreadable ({problem}); it may be"
+                " truncated or corrupt"
+            ) from None
+        volume = torch.from_numpy(array)
         if volume.dim() != 3:
-            raise ValueError(f"{path}:{line}: {file.name} has shape {tuple(volume.shape)}, not 3-D")
+            raise DataError(f"{path}:{line}: {file.name} has shape {tuple(volume.shape)}, not 3-D")
+        if not bool(torch.isfinite(volume).all()):
+            raise DataError(f"{path}:{line}: {file.name} holds NaN or infinite values")
         shape = shape or tuple(volume.shape)
         if tuple(volume.shape) != shape:
             volume = F.interpolate(volume[None, None], size=shape, mode="trilinear")[0, 0]

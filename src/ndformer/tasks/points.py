@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..point_batch import PointBatch
 from .base import SPLITS, split_indices
 
@@ -196,48 +197,82 @@ def read_points(path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
     """One scene from a ``.ply`` (vertex x, y, z; optional red, green, blue; optional
     label/class) or an ``.npz`` (``xyz`` [n, 3]; optional ``rgb`` [n, 3] 0-255 and
     ``label`` [n]): (xyz float32, rgb uint8 or None, label int64 or None)."""
+    from .files import read_npz
+
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{str(path)!r} does not exist")
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            if "xyz" not in data.files:
-                raise ValueError(f"{path}: a point .npz needs an 'xyz' array, found {data.files}")
-            xyz = data["xyz"]
-            rgb = data["rgb"] if "rgb" in data.files else None
-            label = data["label"] if "label" in data.files else None
-    elif path.suffix == ".ply":
-        try:
-            from plyfile import PlyData
-        except ImportError as error:
-            raise ValueError(".ply files need plyfile: pip install 'ndformer[all]'") from error
-        vertex = PlyData.read(str(path))["vertex"]
-        names = vertex.data.dtype.names
-        missing = [a for a in "xyz" if a not in names]
-        if missing:
-            raise ValueError(f"{path}: the vertex element has no {missing} (found {names})")
-        xyz = np.stack([vertex[a] for a in "xyz"], axis=1)
-        colours = ("red", "green", "blue")
-        rgb = np.stack([vertex[c] for c in colours], axis=1) if set(colours) <= set(names) else None
-        found = [p for p in PLY_LABELS if p in names]
-        label = vertex[found[0]] if found else None
+        raise DataError(f"{str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        data = read_npz(path, "point .npz")
+        if "xyz" not in data:
+            raise DataError(f"{path}: a point .npz needs an 'xyz' array, found {sorted(data)}")
+        xyz, rgb, label = data["xyz"], data.get("rgb"), data.get("label")
+    elif suffix == ".ply":
+        xyz, rgb, label = _read_ply(path)
     else:
-        raise ValueError(f"{str(path)!r}: expected a .ply or .npz point cloud")
+        raise DataError(f"{str(path)!r}: expected a .ply or .npz point cloud")
+    if xyz.dtype.kind not in "biuf":
+        raise DataError(f"{path}: xyz must be numbers, got dtype {xyz.dtype}")
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
-        raise ValueError(f"{path}: xyz must be [n >= 1, 3], got {xyz.shape}")
+        raise DataError(f"{path}: xyz must be [n >= 1, 3], got {xyz.shape}")
+    if not np.isfinite(xyz).all():
+        bad = int((~np.isfinite(xyz)).any(axis=1).sum())
+        raise DataError(f"{path}: {bad} point(s) have NaN or infinite coordinates")
     if rgb is not None:
         rgb = np.asarray(rgb)
-        if rgb.shape != xyz.shape:
-            raise ValueError(f"{path}: rgb {rgb.shape} must match xyz {xyz.shape}")
+        if rgb.shape != xyz.shape or rgb.dtype.kind not in "biuf":
+            raise DataError(f"{path}: rgb {rgb.shape} ({rgb.dtype}) must be numbers like xyz"
+                            f" {xyz.shape}")  # fmt: skip
+        if not np.isfinite(rgb).all():
+            raise DataError(f"{path}: rgb holds NaN or infinite values")
         if rgb.dtype.kind == "f" and rgb.max(initial=0) <= 1.0:
             rgb = rgb * 255  # colours given in [0, 1]
         rgb = np.clip(rgb, 0, 255).astype(np.uint8)
     if label is not None:
-        label = np.asarray(label).astype(np.int64).reshape(-1)
+        label = np.asarray(label)
+        if label.dtype.kind not in "biu" and not (
+            label.dtype.kind == "f"
+            and np.isfinite(label).all()
+            and (label == np.round(label)).all()
+        ):
+            raise DataError(f"{path}: labels must be integers, got {label.dtype} values")
+        label = label.astype(np.int64).reshape(-1)
         if label.shape != (len(xyz),):
-            raise ValueError(f"{path}: label {label.shape} must have one entry per point")
+            raise DataError(f"{path}: label {label.shape} must have one entry per point")
+        if label.size and int(label.min()) < IGNORE:
+            raise DataError(
+                f"{path}: labels hold {int(label.min())}; labels are >= 0, or {IGNORE} for"
+                " unlabelled points"
+            )
     return xyz, rgb, label
+
+
+def _read_ply(path: Path):
+    """(xyz, rgb or None, label or None) of a .ply's vertex element, as raw arrays."""
+    try:
+        from plyfile import PlyData
+    except ImportError as error:
+        raise ValueError(".ply files need plyfile: pip install 'ndformer[all]'") from error
+    try:
+        ply = PlyData.read(str(path))
+    except Exception as error:  # plyfile's parse errors, struct/EOF errors of a truncated file
+        problem = " ".join(str(error).split()) or type(error).__name__
+        raise DataError(f"{path}: not a readable .ply ({problem})") from None
+    elements = [e.name for e in ply.elements]
+    if "vertex" not in elements:
+        raise DataError(f"{path}: no 'vertex' element (found {elements})")
+    vertex = ply["vertex"]
+    names = vertex.data.dtype.names or ()
+    missing = [a for a in "xyz" if a not in names]
+    if missing:
+        raise DataError(f"{path}: the vertex element has no {missing} (found {names})")
+    xyz = np.stack([vertex[a] for a in "xyz"], axis=1)
+    colours = ("red", "green", "blue")
+    rgb = np.stack([vertex[c] for c in colours], axis=1) if set(colours) <= set(names) else None
+    found = [p for p in PLY_LABELS if p in names]
+    return xyz, rgb, vertex[found[0]] if found else None
 
 
 def write_ply(path, xyz: np.ndarray, label: np.ndarray, rgb: np.ndarray | None = None) -> None:
@@ -287,7 +322,7 @@ def load_point_folder(folder, seed: int = 0) -> PointTaskData:
     else:
         every = _point_files(folder)
         if len(every) < 3:
-            raise ValueError(f"{folder}: {len(every)} scene file(s); need at least 3 to split")
+            raise DataError(f"{folder}: {len(every)} scene file(s); need at least 3 to split")
         parts = split_indices(len(every), seed)
         files = {s: [every[i] for i in sorted(idx)] for s, idx in parts.items()}
     scenes = {}
@@ -296,19 +331,26 @@ def load_point_folder(folder, seed: int = 0) -> PointTaskData:
         for path in paths:
             xyz, rgb, label = read_points(path)
             if label is None:
-                raise ValueError(f"{path}: training data needs a per-point label")
+                raise DataError(f"{path}: training data needs a per-point label")
             scenes[split].append((xyz, rgb, label))
     has_rgb = {rgb is not None for items in scenes.values() for _, rgb, _ in items}
     if len(has_rgb) > 1:
-        raise ValueError(f"{folder}: some scenes have colours and some do not")
-    classes = 1 + max(int(label.max(initial=0)) for items in scenes.values() for *_, label in items)
-    return from_scenes(folder.name, scenes, num_classes=classes, voxel_size=0.05)
+        raise DataError(f"{folder}: some scenes have colours and some do not")
+    classes = 1 + max(int(label.max(initial=0)) for *_, label in scenes["train"])
+    if classes < 1 or all((label < 0).all() for *_, label in scenes["train"]):
+        raise DataError(f"{folder}: the train scenes have no labelled points")
+    for split in ("val", "test"):
+        top = max(int(label.max(initial=0)) for *_, label in scenes[split])
+        if top >= classes:
+            raise DataError(f"{folder}: {split} scenes hold label {top} but the train scenes only"
+                            f" 0..{classes - 1} (every class needs train examples)")  # fmt: skip
+    return from_scenes(folder.name, scenes, num_classes=max(classes, 2), voxel_size=0.05)
 
 
 def _point_files(folder) -> list:
-    files = sorted(p for p in folder.iterdir() if p.suffix in POINT_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in POINT_SUFFIXES)
     if not files:
-        raise ValueError(f"{folder}: no .ply or .npz scenes")
+        raise DataError(f"{folder}: no .ply or .npz scenes")
     return files
 
 
@@ -316,6 +358,8 @@ def is_point_folder(folder) -> bool:
     """Whether ``folder`` (or its train/ sub-folder) holds .ply / .npz scenes."""
     folder = Path(folder)
     for candidate in (folder, folder / "train"):
-        if candidate.is_dir() and any(p.suffix in POINT_SUFFIXES for p in candidate.iterdir()):
+        if candidate.is_dir() and any(
+            p.suffix.lower() in POINT_SUFFIXES for p in candidate.iterdir()
+        ):
             return True
     return False

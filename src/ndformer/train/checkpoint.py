@@ -12,6 +12,7 @@ A run directory holds
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write
+from ..errors import DataError
 from ..models import ModelConfig, NdModel, build_model
 
 
@@ -27,13 +29,18 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-def save_weights(path: Path, model: NdModel) -> None:
-    """``model.safetensors`` (atomic)."""
+def save_weights(path: Path, model: NdModel) -> str:
+    """``model.safetensors`` (atomic); returns the file's sha256."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     data = save(tensors, metadata={"format": "pt"})
     atomic_write(path, lambda handle: handle.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -52,19 +59,68 @@ def load(run_dir: str | Path, map_location: str | torch.device = "cpu") -> NdMod
     config_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
     for required in (config_path, weights_path):
         if not required.exists():
-            raise ValueError(f"{run_dir} is not a run directory: {required.name} is missing")
-    model = build_model(ModelConfig.from_json(config_path.read_text()))
-    state = load_file(str(weights_path), device=str(map_location))
-    model.load_state_dict(state)
+            raise DataError(f"{run_dir} is not a run directory: {required.name} is missing")
+    try:
+        config = ModelConfig.from_json(config_path.read_text())
+    except (ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{config_path}: not a valid model config ({error})") from None
+    model = build_model(config)
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as error:  # safetensors raises its own error type
+        raise DataError(
+            f"{weights_path}: unreadable weights ({_first_line(error)}); the file is truncated"
+            " or corrupt (a run with state.pt can rewrite it: ndformer train ... --resume)"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise DataError(
+            f"{weights_path}: the weights do not match {config_path.name} ({_first_line(error)})"
+        ) from None
     return model.eval()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """``run.json`` of a run directory."""
     path = Path(run_dir) / "run.json"
     if not path.exists():
-        raise ValueError(f"{run_dir} is not a run directory: run.json is missing")
-    return json.loads(path.read_text())
+        raise DataError(f"{run_dir} is not a run directory: run.json is missing")
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("train"), dict):
+        raise DataError(f"{path}: not a run record (no 'train' settings)")
+    return info
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    """``out/state.pt``, checked: a ``DataError`` naming the file if it is unreadable."""
+    path = Path(out) / "state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # pickle/zip errors of a truncated or corrupt file
+        raise DataError(
+            f"{path}: unreadable resume state ({_first_line(error)}); the file is truncated or"
+            " corrupt, so this run cannot be resumed (start a new run with another --out)"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "config", "model", "optimizer"} <= set(state):
+        raise DataError(f"{path}: not an ndformer resume state")
+    return state
+
+
+def last_checkpoint(out: str | Path) -> int | None:
+    """The step of the checkpoint in ``out`` (None if there is none or it is unreadable)."""
+    try:
+        return int(read_state(Path(out))["step"])
+    except (DataError, OSError, ValueError):
+        return None
 
 
 def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimizer) -> int:
@@ -82,19 +138,30 @@ def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimiz
         return 0
     if not state_path.exists():
         raise TrainingError(f"--resume: {state_path} does not exist")
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = read_state(out)
     if state["config"] != config_dict:
         changed = sorted(k for k, v in config_dict.items() if state["config"].get(k) != v)
+        if changed == ["steps"]:
+            raise TrainingError(
+                f"--resume: the run in {out} was set up for {state['config']['steps']} steps"
+                f" (checkpoint at step {state['step']}), not --steps {config_dict['steps']}; its"
+                " learning-rate schedule follows that count, so a resumed run keeps it. To train"
+                " longer, start a new run with the larger --steps and another --out"
+            )
         raise TrainingError(f"--resume: the settings differ from the saved run in {changed}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    weights = out / "model.safetensors"
+    if not weights.exists() or state.get("weights_sha256") != sha256(weights):
+        # A checkpoint writes the weights first, then the state: the state is the truth.
+        state["weights_sha256"] = save_weights(weights, model)
     return int(state["step"])
 
 
 def save_checkpoint(out: Path, step: int, config_dict: dict[str, Any], model, optimizer) -> None:
     """The weights (``model.safetensors``) and the resume state (``state.pt``) after
     ``step`` steps, each replaced atomically."""
-    save_weights(out / "model.safetensors", model)
+    digest = save_weights(out / "model.safetensors", model)
     state = dict(step=step, config=config_dict, model=model.state_dict(),
-                 optimizer=optimizer.state_dict())  # fmt: skip
+                 optimizer=optimizer.state_dict(), weights_sha256=digest)  # fmt: skip
     save_state(out / "state.pt", state)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .._checks import check_int
+from ..errors import DataError
 
 METRIC_COLUMNS = ["step", "lr", "loss", "train_metric", "samples_per_s", "val_metric"]
 
 
-class TrainingError(ValueError):
-    """Training cannot go on (bad data, NaN loss, ...); the last checkpoint is intact."""
+class TrainingError(DataError):
+    """Training cannot go on (bad data, NaN loss, a broken run directory, ...); the last
+    checkpoint is intact."""
 
 
 @dataclass
@@ -50,15 +55,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.task is None) == (self.data is None):
             raise ValueError("give exactly one of task (--task) and data (--data)")
-        for name in ("steps", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if not self.lr > 0:
+        for name in ("steps", "batch_size", "patch", "teacher_steps", "eval_every"):
+            value = getattr(self, name)
+            if value is not None or name not in ("patch", "teacher_steps"):
+                check_int(f"--{name.replace('_', '-')}", value, 0 if name == "eval_every" else 1)
+        if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise ValueError(
                 f"warmup (a fraction of the steps) must be in [0, 1), got {self.warmup}"
             )
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.distill_alpha <= 1:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
 

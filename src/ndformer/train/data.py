@@ -30,12 +30,21 @@ def resolve_data(config: TrainConfig, progress: bool = False) -> Data:
 def build_for(config: TrainConfig, data: Data) -> NdModel:
     """``config.model`` shaped for ``data`` (ndim, channels, classes, head, patch; the
     voxel size for point data)."""
+    arch = MODELS.get(config.model, {}).get("arch")
+    points = isinstance(data, PointTaskData)
+    if arch is not None and points != (arch in POINT_ARCHS):
+        takes, given, hint = ("grids", "point clouds", "volt-tiny") if points else (
+            "point clouds", "grids", "vit-tiny")  # fmt: skip
+        raise TrainingError(
+            f"--model {config.model} takes {takes} but {data.name} holds {given};"
+            f" try --model {hint}"
+        )
     overrides: dict[str, Any] = dict(
         ndim=data.ndim,
         in_chans=data.in_chans,
         num_classes=data.num_classes,
         head=data.kind,
-        patch=config.patch or data.patch,
+        patch=data.patch if config.patch is None else config.patch,
     )
     if isinstance(data, PointTaskData) and _has_field(config.model, "voxel_size"):
         overrides["voxel_size"] = data.voxel_size

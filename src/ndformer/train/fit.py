@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .._io import check_output_dir, exclusive_dir
 from ..models import NdModel
 from ..tasks.points import PointTaskData
 from .checkpoint import load, read_run, restore, save_checkpoint, write_json
@@ -68,10 +69,10 @@ class Reporter:
 
             self.bar = self.stack.enter_context(
                 Progress(
-                    TextColumn("{task.description}"),
+                    TextColumn("{task.description}", markup=False),
                     BarColumn(),
                     TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[info]}"),
+                    TextColumn("{task.fields[info]}", markup=False),
                     TimeRemainingColumn(),
                     transient=False,
                 )
@@ -182,14 +183,25 @@ def fit(
     ``time_limit`` (seconds) stops early the same way. Checkpoints are written every
     ``eval_every`` steps and at the end.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = data or resolve_data(config, progress)
+    out = check_output_dir(Path(out), create=False)
+    data = data or resolve_data(config, progress)  # bad data: refused before out is touched
+    with exclusive_dir(out):
+        return _fit(config, out, data, resume, progress, stop_after, time_limit)
+
+
+def _fit(config, out: Path, data, resume, progress, stop_after, time_limit) -> RunResult:
     model = build_for(config, data)
     check_model_fits(model, data)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     settings = config.to_dict()
     start = restore(out, settings, resume, model, optimizer)
+    if start >= config.steps:  # resuming a finished run: its weights are verified, re-score
+        previous = read_run(out) if (out / "run.json").exists() else {}
+        score = evaluate_model(model, data, "test")
+        rate = float(previous.get("samples_per_s") or 0.0)
+        info = dict(previous, status="done", test=score.to_dict(), steps=config.steps)
+        write_json(out / "run.json", dict(info, train=settings, data=data_summary(data)))
+        return RunResult(out, model, score, rate, config.steps)
     write_json(out / "config.json", model.config.to_dict())
     run_info = dict(status="running", train=settings, data=data_summary(data))
     write_json(out / "run.json", run_info)

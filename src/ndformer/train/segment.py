@@ -44,13 +44,13 @@ def segment_file(
     file's own labels if it has them). Returns the counts per class and, if the file
     has labels, its mIoU."""
     out = Path(out)
-    if out.suffix not in (".ply", ".npz"):
+    if out.suffix.lower() not in (".ply", ".npz"):
         raise ValueError(f"--out must end in .ply or .npz, got {str(out)!r}")
+    xyz, rgb, label = read_points(scene)  # the input first: nothing loaded for a bad file
     model = load(run)
     names = read_run(run)["data"].get("class_names")
-    xyz, rgb, label = read_points(scene)
     pred = segment_points(model, xyz, rgb)
-    if out.suffix == ".ply":
+    if out.suffix.lower() == ".ply":
         write_ply(out, xyz, pred)
     else:
         from .._io import atomic_write

@@ -87,13 +87,21 @@ def train_step(
             kd = distill_loss(logits.float(), target, config.temperature, y)
             loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
     if not torch.isfinite(loss):
-        raise TrainingError(
-            f"loss became {loss.item()} at step {step + 1}; stopped, the last checkpoint"
-            f"{f' in {out}' if out is not None else ''} is kept (try a lower --lr)"
-        )
+        raise TrainingError(f"loss became {loss.item()} at step {step + 1} (the data are finite:"
+                            f" training diverged; try a lower --lr); {_kept(out)}")  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
     optimizer.step()
     return StepResult(loss.item(), train_metric(logits, y))
+
+
+def _kept(out) -> str:
+    """What a stopped run leaves: the last checkpoint, or nothing to resume."""
+    from .checkpoint import last_checkpoint
+
+    step = None if out is None else last_checkpoint(out)
+    if step is None:
+        return "no checkpoint was written yet"
+    return f"the checkpoint of step {step} in {out} is intact (--resume continues from it)"
