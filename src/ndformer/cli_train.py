@@ -55,6 +55,10 @@ Examples:
 
   ndformer arena --task shapes3d-16 --patterns full "window(4)" --steps 800 --seeds 3
 
+  ndformer arena --budget flops 2e14 --patterns full "neighborhood(5)"   (equal training FLOPs)
+
+  ndformer arena --resume                      (after Ctrl-C or a crash: finished entries stay)
+
   ndformer arena --model vit-tiny --overrides '{"patch": 2}' --patterns full --token-merging 8
 
   ndformer arena --patterns full --keep-rate 0.7 0.5     (full attention with EViT fusion)
@@ -99,6 +103,18 @@ def _print_class_ious(console, score, names: list[str] | None) -> None:
     console.print("IoU per class (%): " + ", ".join(ious))
 
 
+def _interrupted(out: Path) -> str:
+    """What Ctrl-C during ``train`` leaves behind."""
+    from .train.checkpoint import last_checkpoint
+
+    step = last_checkpoint(out)
+    if step is None:
+        return f"interrupted before the first checkpoint; nothing to resume in {out}"
+    return (
+        f"interrupted; the checkpoint of step {step} is intact: continue with --resume --out {out}"
+    )
+
+
 def register(app: typer.Typer, console, fail) -> None:
     """Add the training commands to ``app``."""
 
@@ -137,30 +153,31 @@ def register(app: typer.Typer, console, fail) -> None:
         resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     ) -> None:
         """Train a model on a task or on your data; checkpoints are written atomically."""
-        from .train import TrainConfig, TrainingError, fit, read_run
+        from .train import TrainConfig, fit, read_run
 
+        config = TrainConfig(
+            task=task,
+            data=None if data is None else str(data),
+            model=model,
+            pattern=None if not pattern else (pattern[0] if len(pattern) == 1 else pattern),
+            patch=patch,
+            overrides=_overrides(overrides, fail),
+            steps=steps,
+            batch_size=_default_batch(task, data) if batch_size is None else batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            amp=bf16,
+            teacher=teacher,
+            teacher_steps=teacher_steps,
+            eval_every=eval_every,
+            tensorboard=tensorboard,
+        )
         try:
-            config = TrainConfig(
-                task=task,
-                data=None if data is None else str(data),
-                model=model,
-                pattern=None if not pattern else (pattern[0] if len(pattern) == 1 else pattern),
-                patch=patch,
-                overrides=_overrides(overrides, fail),
-                steps=steps,
-                batch_size=batch_size or _default_batch(task, data),
-                lr=lr,
-                weight_decay=weight_decay,
-                seed=seed,
-                amp=bf16,
-                teacher=teacher,
-                teacher_steps=teacher_steps,
-                eval_every=eval_every,
-                tensorboard=tensorboard,
-            )
             result = fit(config, out, resume=resume, progress=True)
-        except (TrainingError, ValueError) as error:
-            fail(str(error))
+        except KeyboardInterrupt:
+            console.print(_interrupted(out))
+            raise typer.Exit(code=130) from None
         console.print(f"test {result.score}  ({result.samples_per_s:.0f} train samples/s)")
         _print_class_ious(console, result.score, read_run(out)["data"].get("class_names"))
         console.print(f"run directory: {out}  (ndformer evaluate {out})")
@@ -176,19 +193,16 @@ def register(app: typer.Typer, console, fail) -> None:
         from .train import TrainConfig, evaluate_model, load, read_run, resolve_data
         from .train.data import check_model_fits
 
-        try:
-            info = read_run(run)
-            saved = info["train"]
-            if task or data:
-                saved = dict(saved, task=task, data=None if data is None else str(data))
-            dataset = resolve_data(TrainConfig(**saved))
-            model = load(run)
-            check_model_fits(model, dataset)
-            if split not in dataset.x:
-                raise ValueError(f"--split must be train, val or test, got {split!r}")
-            score = evaluate_model(model, dataset, split)
-        except ValueError as error:
-            fail(str(error))
+        if split not in ("train", "val", "test"):
+            fail(f"--split must be train, val or test, got {split!r}")
+        info = read_run(run)
+        saved = info["train"]
+        if task or data:
+            saved = dict(saved, task=task, data=None if data is None else str(data))
+        dataset = resolve_data(TrainConfig(**saved))
+        model = load(run)
+        check_model_fits(model, dataset)
+        score = evaluate_model(model, dataset, split)
         console.print(f"{dataset.name} {split}: {score}")
         _print_class_ious(console, score, dataset.class_names)
 
@@ -204,10 +218,7 @@ def register(app: typer.Typer, console, fail) -> None:
         """Segment a point cloud with a trained point model; writes per-point labels."""
         from .train import segment_file
 
-        try:
-            result = segment_file(run, scene, out, plot)
-        except ValueError as error:
-            fail(str(error))
+        result = segment_file(run, scene, out, plot)
         counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
         console.print(f"{result['points']} points: {counts}")
         if "miou" in result:
@@ -224,12 +235,29 @@ def register(app: typer.Typer, console, fail) -> None:
         model: Annotated[str | None, typer.Option(help="Model name.")] = None,
         overrides: Annotated[str | None, typer.Option(help="Model overrides as JSON.")] = None,
         steps: Annotated[
-            int | None, typer.Option(help="A budget of steps per run instead of --minutes.")
+            int | None,
+            typer.Option(
+                help="Steps per run: every entry trains steps x batch samples. [default: 1200]"
+            ),
         ] = None,
         minutes: Annotated[
             float | None,
-            typer.Option(help="Training minutes for the whole arena, split evenly. [default: 7.5]"),
+            typer.Option(
+                help="A wall-clock budget instead: training minutes for the whole"
+                " arena, split evenly, converted into steps from measured step"
+                " times (so the steps depend on the machine)."
+            ),
         ] = None,
+        budget: Annotated[
+            tuple[str, float] | None,
+            typer.Option(
+                help="KIND AMOUNT: 'samples N', 'flops X' (every entry trains X"
+                " training FLOPs, counted from the model) or 'minutes M'."
+            ),
+        ] = None,
+        resume: Annotated[
+            bool, typer.Option(help="Continue an interrupted arena: keep finished entries.")
+        ] = False,
         seeds: Annotated[int, typer.Option(help="Runs per pattern.")] = 1,
         batch_size: Annotated[
             int | None, typer.Option(help="Samples (scenes for point data) per step. [default: 64]")
@@ -253,31 +281,39 @@ def register(app: typer.Typer, console, fail) -> None:
         from .arena.report import summarize, write_outputs
         from .tasks import load_data, load_task
 
-        try:
-            config = ArenaConfig(
-                seeds=seeds,
-                out=out,
-                token_merging=list(token_merging or []),
-                keep_rates=list(keep_rate or []),
-            )
-            if task or data:
-                config.task, config.data = task, None if data is None else str(data)
-            if patterns:
-                config.patterns = patterns
-            if model:
-                config.model, config.overrides = model, {}
-            if overrides:
-                config.overrides = _overrides(overrides, fail)
-            if steps:
-                config.steps, config.minutes = steps, None
-            if batch_size:
-                config.batch_size = batch_size
-            if minutes:
-                config.minutes = minutes
-            config.__post_init__()
-            summary_data = load_data(config.data) if config.data else load_task(config.task)
-        except ValueError as error:
-            fail(str(error))
+        config = ArenaConfig(
+            seeds=seeds,
+            out=out,
+            token_merging=list(token_merging or []),
+            keep_rates=list(keep_rate or []),
+        )
+        if task is not None or data is not None:
+            config.task, config.data = task, None if data is None else str(data)
+        if patterns:
+            config.patterns = patterns
+        if model is not None:
+            config.model, config.overrides = model, {}
+        if overrides is not None:
+            config.overrides = _overrides(overrides, fail)
+        if batch_size is not None:
+            config.batch_size = batch_size
+        if steps is not None:
+            config.steps = steps
+        if minutes is not None:
+            config.budget, config.minutes = "minutes", minutes
+        if budget is not None:
+            kind, amount = budget
+            config.budget = kind
+            if kind == "samples":
+                if not amount >= config.batch_size:
+                    fail(f"--budget samples {amount:g}: at least one batch of {config.batch_size}")
+                config.steps = int(amount // config.batch_size)
+            elif kind == "flops":
+                config.flops = amount
+            elif kind == "minutes":
+                config.minutes = amount
+        config.__post_init__()
+        summary_data = load_data(config.data) if config.data else load_task(config.task)
         console.print(summary_data.summary())
 
         def on_entry(done: int, total: int, spec: str, row: dict) -> None:
@@ -290,11 +326,17 @@ def register(app: typer.Typer, console, fail) -> None:
                 console.print(
                     f"  {spec}: {s['metric']} {100 * s['value']:.1f}%"
                     f" ({100 * s['low']:.1f}-{100 * s['high']:.1f}), {row['steps']} steps,"
-                    f" {row['samples_per_s']:.0f} samples/s, {row['seconds']:.0f} s"
+                    f" {row['seconds']:.0f} s"
                 )
 
-        rows = run_arena(config, on_entry)
-        paths = write_outputs(rows, config_dict(config), out, summary_data.summary())
+        rows, notes = run_arena(config, on_entry, resume=resume)
+        console.print("measured the costs of every entry in interleaved rounds")
+        paths = write_outputs(rows, config_dict(config), out, summary_data.summary(), notes)
+        contention = notes.get("contention") or {}
+        if contention.get("loaded"):
+            console.print(f"note: the costs were measured under load (probe"
+                          f" {contention['probe_slowdown']:.2f}x slower, CPU share"
+                          f" {100 * contention['cpu_share']:.0f}%)")  # fmt: skip
         for s in summarize(rows):
             if "value" in s:
                 console.print(

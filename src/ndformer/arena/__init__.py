@@ -1,7 +1,6 @@
 """The arena: train one model with several attention patterns under one budget and compare."""
 
 from .runner import (
-    DEFAULT_MINUTES,
     DEFAULT_MODEL,
     DEFAULT_OVERRIDES,
     DEFAULT_PATTERNS,
@@ -13,7 +12,6 @@ from .runner import (
 )
 
 __all__ = [
-    "DEFAULT_MINUTES",
     "DEFAULT_MODEL",
     "DEFAULT_OVERRIDES",
     "DEFAULT_PATTERNS",

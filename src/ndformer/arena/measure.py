@@ -1,18 +1,18 @@
 """One arena entry: train, evaluate and measure a model; run in its own worker process.
 
-    echo '{"config": {...TrainConfig...}, "out": "dir", "budget_seconds": null}' \
+    echo '{"config": {...TrainConfig...}, "out": "dir"}' \
         | python -m ndformer.arena.measure
 
-prints one JSON line: the test score, train samples/s, inference ms per batch,
-peak memory of the process during training, attention GFLOP per sample, parameters.
+prints one JSON line: the test score, the steps, the peak memory of the process during
+training, attention and dense GFLOP per sample, the training FLOPs, parameters. (Speeds
+are measured afterwards, for all entries together: ``arena.cost``.)
 """
 
 from __future__ import annotations
 
 import json
-import statistics
+import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,8 @@ from ..layers import Attention
 from ..layout import Grid, Points
 from ..models import NdModel
 from ..point_batch import PointBatch
-from ..tasks.points import IGNORE
 from ..train import TrainConfig, build_for, fit, resolve_data
-from ..train.data import Data, batch_indices, make_batch, num_samples
+from ..train.data import make_batch, num_samples
 
 
 def _one_sample(sample):
@@ -77,62 +76,72 @@ def attention_gflop(model: NdModel, sample) -> float:
     return total / 1e9
 
 
-def inference_ms(model: NdModel, batch: torch.Tensor, repeats: int = 7) -> float:
-    """Median forward time (ms) of ``batch`` in inference mode, after one warm-up."""
-    times = []
-    with torch.inference_mode():
-        model.eval()
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            model(batch)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[1:])
+def dense_gflop(model: NdModel, sample) -> float:
+    """Forward GFLOP of one sample's linear and convolution layers (2 per multiply-add):
+    everything but attention's own products, counted by hooks on a forward pass."""
+    total = [0.0]
+
+    def count(module, args, output):
+        if isinstance(module, torch.nn.Linear):
+            total[0] += 2.0 * output.numel() * module.in_features
+        else:  # convolutions: every output value sums in/groups x kernel products
+            kernel = math.prod(module.kernel_size)
+            total[0] += 2.0 * output.numel() * module.in_channels // module.groups * kernel
+
+    kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.inference_mode():
+            model.eval()(_one_sample(sample))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0] / 1e9
 
 
-def steps_for_budget(config: TrainConfig, data: Data, seconds: float) -> int:
-    """Training steps that fit ``seconds``, from timing a few steps of a throwaway copy."""
-    model = build_for(config, data)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for step in range(5):
-        index = batch_indices(config, num_samples(data, "train"), step)
-        x, y = make_batch(data, "train", index)
-        start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=IGNORE)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    per_step = statistics.median(times[2:]) * 1.1  # evaluation and checkpoints on top
-    return max(10, int(seconds / per_step))
+#: Training FLOPs over forward FLOPs: a backward pass costs two forwards for dense layers,
+#: 2.5 for attention (its five backward matmuls against the forward's two).
+DENSE_TRAINING, ATTENTION_TRAINING = 3.0, 3.5
 
 
-def run_entry(config: dict[str, Any], out: str, budget_seconds: float | None = None) -> dict:
-    """Train one arena entry and measure it; returns a JSON-able dict."""
+def training_flops_per_step(config: dict[str, Any]) -> float:
+    """FLOPs of one training step of ``config`` (a ``TrainConfig`` dict): batch x (3 x the
+    dense layers' forward + 3.5 x attention's forward), counted from the model on the
+    first training sample (point scenes differ in size: the first scene stands for all)."""
     train_config = TrainConfig(**config)
     data = resolve_data(train_config)
-    if budget_seconds is not None:
-        train_config.steps = steps_for_budget(train_config, data, budget_seconds)
+    model = build_for(train_config, data)
+    sample, _ = make_batch(data, "train", [0])
+    per_sample = DENSE_TRAINING * dense_gflop(model, sample) + ATTENTION_TRAINING * (
+        attention_gflop(model, sample)
+    )
+    return 1e9 * per_sample * train_config.batch_size
+
+
+def run_entry(config: dict[str, Any], out: str) -> dict:
+    """Train one arena entry; returns its score, steps, peak memory and FLOP counts."""
+    train_config = TrainConfig(**config)
+    data = resolve_data(train_config)
     with PeakMemory("cpu") as peak:
         result = fit(train_config, Path(out), data=data, progress=False)
     model = result.model
-    count = min(train_config.batch_size, num_samples(data, "test"))
-    batch, _ = make_batch(data, "test", range(count))
+    batch, _ = make_batch(data, "test", range(min(train_config.batch_size,
+                                                   num_samples(data, "test"))))  # fmt: skip
     return dict(
         score=result.score.to_dict(),
         steps=train_config.steps,
-        samples_per_s=result.samples_per_s,
-        inference_ms=inference_ms(model, batch),
-        inference_batch=count,
+        training_samples_per_s=result.samples_per_s,
         peak_mib=peak.bytes / 2**20,
         attention_gflop=attention_gflop(model, batch),
+        dense_gflop=dense_gflop(model, batch),
+        train_flops=training_flops_per_step(config) * train_config.steps,
         params=sum(p.numel() for p in model.parameters()),
     )
 
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
-    print(json.dumps(run_entry(request["config"], request["out"], request.get("budget_seconds"))))
+    print(json.dumps(run_entry(request["config"], request["out"])))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Any
 
 from ..bench.report import machine_info
 from ..train.metrics import accuracy_score
+from .runner import COST_ROUNDS
+from .stats import indistinguishable, seed_interval
 
 COLUMNS = [
     "pattern",
@@ -27,6 +29,10 @@ COLUMNS = [
     "params",
     "seconds",
     "error",
+    "train_step_ms",
+    "train_step_iqr_ms",
+    "inference_iqr_ms",
+    "train_flops",
 ]
 
 
@@ -49,12 +55,18 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
         params=row.get("params", ""),
         seconds=row.get("seconds", ""),
         error=row.get("error", ""),
+        train_step_ms=row.get("train_step_ms", ""),
+        train_step_iqr_ms=row.get("train_step_iqr_ms", ""),
+        inference_iqr_ms=row.get("inference_iqr_ms", ""),
+        train_flops=row.get("train_flops", ""),
     )
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per pattern: seeds pooled (accuracy: Wilson CI over all test predictions;
-    mIoU: mean of the seeds' values and CI bounds), speeds and memory averaged."""
+    """One entry per pattern. With several seeds: the mean over seeds and its 95% t
+    interval (seed variance); with one: its test-set interval (accuracy: Wilson; mIoU:
+    bootstrap). ``test_low`` / ``test_high``: the test-set interval pooled over seeds.
+    Costs are averaged over seeds."""
     out = []
     for spec in dict.fromkeys(r["pattern"] for r in rows):
         done = [r for r in rows if r["pattern"] == spec and "score" in r]
@@ -62,18 +74,22 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             errors = [r.get("error", "") for r in rows if r["pattern"] == spec]
             out.append(dict(pattern=spec, error="; ".join(errors)))
             continue
-        scores = [r["score"] for r in done]
-        n = sum(s["n"] for s in scores)
+        scores = [s["score"] for s in done]
         if scores[0]["metric"] == "accuracy":
+            n = sum(s["n"] for s in scores)
             pooled = accuracy_score(round(sum(s["value"] * s["n"] for s in scores)), n)
-            value, low, high = pooled.value, pooled.low, pooled.high
+            test_low, test_high = pooled.low, pooled.high
         else:
-            value = sum(s["value"] for s in scores) / len(scores)
-            low = sum(s["low"] for s in scores) / len(scores)
-            high = sum(s["high"] for s in scores) / len(scores)
+            test_low = sum(s["low"] for s in scores) / len(scores)
+            test_high = sum(s["high"] for s in scores) / len(scores)
+        if len(scores) >= 2:
+            value, low, high = seed_interval([s["value"] for s in scores])
+        else:
+            value, low, high = scores[0]["value"], scores[0]["low"], scores[0]["high"]
 
-        def mean(key: str, runs=done) -> float:
-            return sum(r[key] for r in runs) / len(runs)
+        def mean(key: str, runs=done) -> float | None:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return sum(values) / len(values) if values else None
 
         out.append(
             dict(
@@ -82,13 +98,19 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 value=value,
                 low=low,
                 high=high,
+                test_low=test_low,
+                test_high=test_high,
                 seeds=len(done),
                 steps=mean("steps"),
                 samples_per_s=mean("samples_per_s"),
+                train_step_ms=mean("train_step_ms"),
+                train_step_iqr_ms=mean("train_step_iqr_ms"),
                 inference_ms=mean("inference_ms"),
-                inference_batch=done[0]["inference_batch"],
+                inference_iqr_ms=mean("inference_iqr_ms"),
+                inference_batch=done[0].get("inference_batch"),
                 peak_mib=mean("peak_mib"),
                 attention_gflop=mean("attention_gflop"),
+                train_flops=mean("train_flops"),
                 params=done[0]["params"],
             )
         )
@@ -102,45 +124,95 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(_flat(r) for r in rows)
 
 
+def _budget_text(settings: dict[str, Any], notes: dict[str, Any]) -> str:
+    budget = settings.get("budget", "samples")
+    if budget == "flops":
+        return (f"the same training FLOPs for every entry: {settings['flops']:.3g} (steps ="
+                " floor(budget / FLOPs per step), so every entry is within one step of it;"
+                " FLOPs per step = batch x (3 x dense-layer forward + 3.5 x attention forward)"
+                ", counted from the model)")  # fmt: skip
+    if budget == "minutes":
+        return (f"{settings['minutes']} minutes of training in all, split evenly and converted"
+                " into steps from the entries' step times measured in interleaved rounds before"
+                " training: **the step counts depend on this machine and its load**")  # fmt: skip
+    samples = settings["steps"] * settings["batch_size"]
+    return (
+        f"the same {samples:,} training samples for every entry ({settings['steps']} steps"
+        f" of {settings['batch_size']}): deterministic, independent of the machine"
+    )
+
+
+def _contention_text(notes: dict[str, Any]) -> list[str]:
+    c = notes.get("contention")
+    if not c:
+        return ["Costs were not measured: " + notes.get("cost_error", "no finished entries")]
+    figures = (f"the probe matmul's median round took {c['probe_slowdown']:.2f}x its fastest,"
+               f" and the process got {100 * c['cpu_share']:.0f}% of its {c['threads']}"
+               " threads' CPU time")  # fmt: skip
+    if c["loaded"]:
+        return [f"**Measured under load**: {figures}. Other work competed for the cores; the"
+                " cost figures are inflated (by roughly the probe's slowdown or the lost CPU"
+                " share) and their ranking is less certain. Accuracies and steps are not"
+                " affected."]  # fmt: skip
+    return [f"The machine was quiet while the costs were measured: {figures}."]
+
+
 def write_report(
-    rows: list[dict[str, Any]], settings: dict[str, Any], path: Path, task_summary: str
+    rows: list[dict[str, Any]],
+    settings: dict[str, Any],
+    path: Path,
+    task_summary: str,
+    notes: dict[str, Any] | None = None,
 ) -> None:
+    notes = notes or {}
     summary = summarize(rows)
     ok = [s for s in summary if "value" in s]
+    seeds = settings["seeds"]
     lines = ["# ndformer arena", ""]
     lines += [f"Task: {task_summary}", ""]
-    budget = (
-        f"{settings['minutes']} minutes in all (split evenly, converted to steps per run)"
-        if settings.get("minutes")
-        else f"{settings['steps']} steps per run"
-    )
     lines += [
         f"Model `{settings['model']}` with overrides `{json.dumps(settings['overrides'])}`;"
-        f" budget {budget}; batch {settings['batch_size']}, lr {settings['lr']};"
-        f" seeds {settings['seeds']}.",
+        f" budget: {_budget_text(settings, notes)}; lr {settings['lr']}; seeds {seeds}.",
         "",
-        "Metric on the held-out test split with its 95% confidence interval (accuracy: Wilson"
-        " interval over all test predictions of all seeds; mIoU: bootstrap). Train samples/s is"
-        " measured over the training steps only; inference is the median forward time of one"
-        " test batch; peak MiB is how far the training process's resident high-water mark rose"
-        " during training (above what it held before: the data and the library); attention"
-        " GFLOP counts 4 * attended pairs * head_dim over heads and layers for one sample,"
-        " with pairs counted exactly from each pattern.",
+        "Metric on the held-out test split: "
+        + ("the mean over seeds with its 95% t interval over the seeds (seed variance); the"
+           " test-set interval pooled over seeds in the next column." if seeds > 1 else
+           "95% confidence interval over the test set (accuracy: Wilson; mIoU: bootstrap).")
+        + " Costs are measured after training, apart from it: every entry's training step"
+        f" (forward, backward, AdamW) and inference batch timed in {COST_ROUNDS} interleaved"
+        " rounds (medians, IQR in brackets), so a slow period hits every entry alike. Peak"
+        " MiB is how far the training process's resident high-water mark rose during"
+        " training; attention GFLOP counts 4 x attended pairs x head_dim over heads and layers"
+        " for one sample, with pairs counted exactly from each pattern.",
         "",
-        "| pattern | metric (95% CI) | steps | train samples/s | inference ms"
-        " | peak MiB | attention GFLOP/sample | params |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    lines += [*_contention_text(notes), ""]
+    seed_col = " | test-set CI" if seeds > 1 else ""
+    lines += [
+        f"| pattern | metric (95% CI){seed_col} | steps | train step ms | train samples/s"
+        " | inference ms | peak MiB | attention GFLOP/sample | params |",
+        "|---|---|" + ("---|" if seeds > 1 else "") + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted(ok, key=lambda s: -s["value"]):
+        test = f" | {100 * s['test_low']:.1f}-{100 * s['test_high']:.1f}" if seeds > 1 else ""
+        step = _cost(s, "train_step_ms", "train_step_iqr_ms")
+        rate = "" if s["samples_per_s"] is None else f"{s['samples_per_s']:.0f}"
+        infer = _cost(s, "inference_ms", "inference_iqr_ms")
+        batch = f" (batch {s['inference_batch']})" if s["inference_batch"] else ""
         lines.append(
             f"| `{s['pattern']}` | {100 * s['value']:.1f}% ({100 * s['low']:.1f}-"
-            f"{100 * s['high']:.1f}) | {s['steps']:.0f} | {s['samples_per_s']:.0f}"
-            f" | {s['inference_ms']:.1f} (batch {s['inference_batch']}) | {s['peak_mib']:.0f}"
+            f"{100 * s['high']:.1f}){test} | {s['steps']:.0f} | {step} | {rate}"
+            f" | {infer}{batch} | {s['peak_mib']:.0f}"
             f" | {s['attention_gflop']:.4f} | {s['params'] / 1e6:.2f} M |"
         )
     for s in summary:
         if "value" not in s:
-            lines.append(f"| `{s['pattern']}` | failed: {s['error']} | | | | | | |")
+            lines.append(f"| `{s['pattern']}` | failed: {s['error']} | | | | | | | |")
+    tied = indistinguishable(summary)
+    if tied:
+        best = max(ok, key=lambda s: s["value"])["pattern"]
+        lines += ["", f"Not distinguishable from `{best}` at this budget (intervals overlap): "
+                  + ", ".join(f"`{t}`" for t in tied) + "."]  # fmt: skip
     if ok:
         lines += ["", "![accuracy vs throughput](pareto.png)", ""]
     lines += ["## Machine", ""]
@@ -149,9 +221,15 @@ def write_report(
     path.write_text("\n".join(lines) + "\n")
 
 
+def _cost(s: dict[str, Any], key: str, iqr: str) -> str:
+    if s.get(key) is None:
+        return ""
+    return f"{s[key]:.1f} ({s[iqr]:.1f})"
+
+
 def write_pareto(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Metric (with CI bars) against inference throughput; marker area ~ peak memory."""
-    summary = [s for s in summarize(rows) if "value" in s]
+    summary = [s for s in summarize(rows) if "value" in s and s.get("inference_ms")]
     if not summary:
         return None
     import matplotlib
@@ -191,11 +269,15 @@ def write_pareto(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def write_outputs(
-    rows: list[dict[str, Any]], settings: dict[str, Any], out: Path, task_summary: str
+    rows: list[dict[str, Any]],
+    settings: dict[str, Any],
+    out: Path,
+    task_summary: str,
+    notes: dict[str, Any] | None = None,
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
-    write_report(rows, settings, out / "report.md", task_summary)
+    write_report(rows, settings, out / "report.md", task_summary, notes)
     pareto = write_pareto(rows, out / "pareto.png")
     paths = [out / "results.csv", out / "report.md"]
     return paths + ([pareto] if pareto else [])

@@ -1,8 +1,19 @@
-"""``ndformer arena``: the same model trained with every pattern under the same budget."""
+"""``ndformer arena``: the same model trained with every pattern under the same budget.
+
+The budget is deterministic by default: every entry trains on the same number of samples
+(``steps`` x ``batch_size``), or with ``flops`` on the same number of training FLOPs
+counted from the model, so accuracy depends on (data, model, pattern, seed) alone. A
+wall-clock budget (``minutes``) converts each entry's share into steps from an
+interleaved measurement of the entries' step times (so those step counts depend on the
+machine). After training, every entry's cost is measured apart from its training, in
+interleaved rounds (``arena.cost``), with the machine's contention.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -10,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import run_json_worker
+from .._checks import check_int
+from .._io import exclusive_dir, run_json_worker
+from ..errors import DataError, UsageError
 
 #: The default arena: a long-range task where local patterns are at a disadvantage,
 #: a small transformer, and a budget that fits 10 minutes on 2 CPU cores.
@@ -18,18 +31,23 @@ DEFAULT_TASK = "pathfinder2d-16"
 DEFAULT_PATTERNS = ["full", "window(4)", "neighborhood(3)", "neighborhood(5)"]
 DEFAULT_MODEL = "vit-tiny"
 DEFAULT_OVERRIDES: dict[str, Any] = dict(depth=4, dim=64, heads=4, patch=2)
+#: The default budget: this many steps of ``batch_size`` samples for every entry.
 DEFAULT_STEPS = 1200
-#: The default wall-clock budget of the whole arena (training time, split evenly).
-DEFAULT_MINUTES = 7.5
+#: Rounds of the interleaved cost measurement after training (and for ``minutes``).
+COST_ROUNDS = 5
+#: Evaluation and checkpoints on top of the steps, when converting minutes into steps.
+OVERHEAD = 1.1
+BUDGETS = ("samples", "flops", "minutes")
 
 
 @dataclass
 class ArenaConfig:
     """One arena: ``patterns`` x ``seeds`` training runs of ``model`` on ``task``.
 
-    The budget is ``minutes`` of training for the whole arena, split evenly; each run
-    converts its share into steps by timing a few steps first, so faster patterns
-    train for more steps. With ``minutes=None`` every run trains ``steps`` steps.
+    ``budget`` is ``"samples"`` (every run trains ``steps`` steps of ``batch_size``),
+    ``"flops"`` (every run trains ``flops`` training FLOPs: as many steps as fit) or
+    ``"minutes"`` (``minutes`` of training for the whole arena, split evenly, converted
+    into steps from measured step times).
     """
 
     task: str | None = DEFAULT_TASK
@@ -41,8 +59,10 @@ class ArenaConfig:
     keep_rates: list[float] = field(default_factory=list)
     model: str = DEFAULT_MODEL
     overrides: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_OVERRIDES))
+    budget: str = "samples"
     steps: int = DEFAULT_STEPS
-    minutes: float | None = DEFAULT_MINUTES
+    flops: float | None = None
+    minutes: float | None = None
     seeds: int = 1
     batch_size: int = 64
     lr: float = 2e-3
@@ -59,10 +79,14 @@ class ArenaConfig:
             raise ValueError(f"token_merging values must be ints >= 1, got {self.token_merging}")
         if any(isinstance(k, bool) or not 0 < k < 1 for k in self.keep_rates):
             raise ValueError(f"keep_rates must be in (0, 1), got {self.keep_rates}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        for name in ("seeds", "steps", "batch_size"):
+            check_int(name, getattr(self, name), minimum=1)
+        if self.budget not in BUDGETS:
+            raise UsageError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        if self.budget == "minutes" and not (self.minutes is not None and 0 < self.minutes < 1e6):
+            raise UsageError(f"minutes must be > 0, got {self.minutes}")
+        if self.budget == "flops" and not (self.flops is not None and 0 < self.flops < 1e30):
+            raise UsageError(f"the flops budget must be > 0, got {self.flops}")
         self.out = Path(self.out)
 
     def entries(self) -> list[tuple[str, str, dict[str, Any]]]:
@@ -87,51 +111,146 @@ class ArenaConfig:
         )
 
 
-def _run_worker(request: dict[str, Any]) -> dict[str, Any]:
+def _run_worker(module: str, request: dict[str, Any]) -> dict[str, Any]:
     try:
-        return run_json_worker("ndformer.arena.measure", request)
+        return run_json_worker(module, request)
     except RuntimeError as error:
         return dict(error=str(error))
 
 
+#: The record of a finished entry inside its run directory (``--resume`` reuses it).
+ENTRY_FILE = "entry.json"
+
+
 def run_arena(
-    config: ArenaConfig, on_entry: Callable[[int, int, str, dict], None] | None = None
-) -> list[dict[str, Any]]:
-    """Train and measure every (pattern, seed); returns one row per run.
+    config: ArenaConfig,
+    on_entry: Callable[[int, int, str, dict], None] | None = None,
+    resume: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train and measure every (pattern, seed); returns (one row per run, the arena's
+    notes: the budget per entry and the contention during the cost measurement).
 
     Each run happens in a fresh worker process (its own peak memory; a crash in one
     run becomes an ``error`` row, not a lost arena). Run directories go to
-    ``out/runs/<pattern>-seed<seed>``. Ctrl-C stops and returns the finished rows.
+    ``out/runs/<pattern>-seed<seed>``, each with ``entry.json`` when it finished;
+    ``resume`` keeps those (same settings required) and trains only the others. Ctrl-C
+    stops and returns the finished rows.
     """
     from ..tasks import load_task
 
     if config.task is not None:  # generate (and cache) the task once, before the workers
         load_task(config.task, seed=0, progress=True)
     entries = [(e, seed) for e in config.entries() for seed in range(config.seeds)]
-    budget = None if config.minutes is None else 60.0 * config.minutes / len(entries)
     rows: list[dict[str, Any]] = []
-    try:
+    notes: dict[str, Any] = dict(budget=config.budget)
+    with exclusive_dir(config.out), contextlib.suppress(KeyboardInterrupt):
+        saved = _check_resume(config, resume)
+        steps = saved.get("entry_steps") if resume else None
+        if steps is None or len(steps) != len(entries):
+            steps = _steps(config, entries, notes)
+        _record(config, dict(saved, **config_dict(config), entry_steps=steps))
         for number, ((label, spec, extra), seed) in enumerate(entries):
             if on_entry is not None:
                 on_entry(number, len(entries), label, {})
             run_dir = config.out / "runs" / f"{_slug(label)}-seed{seed}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            started = time.perf_counter()
-            result = _run_worker(
-                dict(
-                    config=config.train_config(spec, seed, extra),
-                    out=str(run_dir),
-                    budget_seconds=budget,
-                )
-            )
-            row = dict(pattern=label, seed=seed, seconds=time.perf_counter() - started, **result)
+            train = dict(config.train_config(spec, seed, extra), steps=steps[number])
+            row = _finished(run_dir, train) if resume else None
+            if row is None:
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                started = time.perf_counter()
+                result = _run_worker("ndformer.arena.measure", dict(config=train, out=str(run_dir)))
+                row = dict(pattern=label, seed=seed, seconds=time.perf_counter() - started,
+                           run=str(run_dir), config=train, **result)  # fmt: skip
+                if "error" not in row:
+                    _write_entry(run_dir, row)
             rows.append(row)
             if on_entry is not None:
                 on_entry(number + 1, len(entries), label, row)
-    except KeyboardInterrupt:
-        pass
-    return rows
+        _measure_costs(rows, notes)
+    return rows, notes
+
+
+def _check_resume(config: ArenaConfig, resume: bool) -> dict[str, Any]:
+    """The settings ``out/arena.json`` recorded (with every entry's steps, ``entry_steps``);
+    ``resume``
+    requires the same ones. Empty for a new arena."""
+    path = config.out / "arena.json"
+    if not resume or not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"--resume: {path} is unreadable ({error})") from None
+    settings = json.loads(json.dumps(config_dict(config)))
+    changed = sorted(k for k in settings if k != "out" and saved.get(k) != settings[k])
+    if changed:
+        raise DataError(f"--resume: the settings differ from the arena in {config.out} in"
+                        f" {changed}")  # fmt: skip
+    return saved
+
+
+def _record(config: ArenaConfig, settings: dict[str, Any]) -> None:
+    from .._io import atomic_write
+
+    text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
+    atomic_write(config.out / "arena.json", lambda handle: handle.write(text.encode()))
+
+
+def _finished(run_dir: Path, train: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved row of a finished entry with these settings, else None."""
+    path = run_dir / ENTRY_FILE
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return row if row.get("config") == train else None
+
+
+def _write_entry(run_dir: Path, row: dict[str, Any]) -> None:
+    from .._io import atomic_write
+
+    text = json.dumps(row, indent=2, sort_keys=True) + "\n"
+    atomic_write(run_dir / ENTRY_FILE, lambda handle: handle.write(text.encode()))
+
+
+def _steps(config: ArenaConfig, entries, notes: dict[str, Any]) -> list[int]:
+    """Training steps of every entry under the budget (see ``ArenaConfig``)."""
+    configs = [config.train_config(spec, seed, extra) for (_, spec, extra), seed in entries]
+    if config.budget == "samples":
+        notes["samples"] = config.steps * config.batch_size
+        return [config.steps] * len(entries)
+    if config.budget == "flops":
+        from .measure import training_flops_per_step
+
+        per_step = [training_flops_per_step(c) for c in configs]
+        notes.update(flops=config.flops, flops_per_step=per_step)
+        steps = [max(1, int(config.flops // f)) for f in per_step]
+        return steps
+    share = 60.0 * config.minutes / len(entries)
+    measured = _run_worker("ndformer.arena.cost", dict(
+        entries=[dict(config=c) for c in configs], rounds=3))  # fmt: skip
+    if "error" in measured:
+        raise DataError(f"measuring the entries' step times failed: {measured['error']}")
+    notes["calibration"] = measured["contention"]
+    seconds = [e["train_step_ms"] / 1e3 * OVERHEAD for e in measured["entries"]]
+    return [max(10, int(share / s)) for s in seconds]
+
+
+def _measure_costs(rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
+    """Time every finished entry in interleaved rounds; merge the figures into its row."""
+    done = [r for r in rows if "error" not in r and "run" in r]
+    if not done:
+        return
+    request = dict(entries=[dict(config=r["config"], run=r["run"]) for r in done],
+                   rounds=COST_ROUNDS)  # fmt: skip
+    measured = _run_worker("ndformer.arena.cost", request)
+    if "error" in measured:
+        notes["cost_error"] = measured["error"]
+        return
+    for row, figures in zip(done, measured["entries"], strict=True):
+        row.update(figures)
+    notes["contention"] = measured["contention"]
 
 
 def _slug(spec: str) -> str:
