@@ -49,7 +49,7 @@ Examples:
 EXAMPLES_ARENA = """
 Examples:
 
-  ndformer arena                               (the default arena, about 10 minutes on 2 cores)
+  ndformer arena                               (the default arena, about 12 minutes on 2 cores)
 
   ndformer arena --task pathfinder2d-32 --patterns full "window(8)" "neighborhood(7)" --minutes 30
 
@@ -275,7 +275,7 @@ def register(app: typer.Typer, console, fail) -> None:
         """Train one model with each pattern under the same budget; report accuracy vs cost.
 
         With no arguments: the default arena (pathfinder2d-16, four patterns, about
-        10 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
+        12 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
         """
         from .arena import ArenaConfig, config_dict, run_arena
         from .arena.report import summarize, write_outputs
