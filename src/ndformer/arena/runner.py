@@ -25,8 +25,8 @@ from .._checks import check_int
 from .._io import exclusive_dir, run_json_worker
 from ..errors import DataError, UsageError
 
-#: The default arena: a long-range task where local patterns are at a disadvantage,
-#: a small transformer, and the same 76,800 training samples per entry (about 12 minutes on 2 CPU cores).
+#: The default arena: a long-range task where local patterns are at a disadvantage, a
+#: small transformer, and 76,800 training samples per entry (about 12 minutes on 2 cores).
 DEFAULT_TASK = "pathfinder2d-16"
 DEFAULT_PATTERNS = ["full", "window(4)", "neighborhood(3)", "neighborhood(5)"]
 DEFAULT_MODEL = "vit-tiny"
