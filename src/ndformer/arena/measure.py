@@ -24,7 +24,7 @@ from ..layout import Grid, Points
 from ..models import NdModel
 from ..point_batch import PointBatch
 from ..train import TrainConfig, build_for, fit, resolve_data
-from ..train.data import make_batch, num_samples
+from ..train.data import Data, make_batch, num_samples
 
 
 def _one_sample(sample):
@@ -104,18 +104,23 @@ def dense_gflop(model: NdModel, sample) -> float:
 DENSE_TRAINING, ATTENTION_TRAINING = 3.0, 3.5
 
 
-def training_flops_per_step(config: dict[str, Any]) -> float:
-    """FLOPs of one training step of ``config`` (a ``TrainConfig`` dict): batch x (3 x the
-    dense layers' forward + 3.5 x attention's forward), counted from the model on the
-    first training sample (point scenes differ in size: the first scene stands for all)."""
+def training_flops_per_step(config: dict[str, Any], data: Data | None = None) -> float:
+    """FLOPs of one training step of ``config`` (a ``TrainConfig`` dict) on ``data``
+    (default: the data it names): see ``step_flops``, on a freshly built model."""
     train_config = TrainConfig(**config)
-    data = resolve_data(train_config)
-    model = build_for(train_config, data)
+    data = resolve_data(train_config) if data is None else data
+    return step_flops(build_for(train_config, data), data, train_config.batch_size)
+
+
+def step_flops(model: NdModel, data: Data, batch_size: int) -> float:
+    """FLOPs of one training step: batch x (3 x the dense layers' forward + 3.5 x
+    attention's forward), counted on the first training sample (point scenes differ in
+    size: the first scene stands for all)."""
     sample, _ = make_batch(data, "train", [0])
     per_sample = DENSE_TRAINING * dense_gflop(model, sample) + ATTENTION_TRAINING * (
         attention_gflop(model, sample)
     )
-    return 1e9 * per_sample * train_config.batch_size
+    return 1e9 * per_sample * batch_size
 
 
 def run_entry(config: dict[str, Any], out: str) -> dict:
@@ -134,7 +139,7 @@ def run_entry(config: dict[str, Any], out: str) -> dict:
         peak_mib=peak.bytes / 2**20,
         attention_gflop=attention_gflop(model, batch),
         dense_gflop=dense_gflop(model, batch),
-        train_flops=training_flops_per_step(config) * train_config.steps,
+        train_flops=step_flops(model, data, train_config.batch_size) * train_config.steps,
         params=sum(p.numel() for p in model.parameters()),
     )
 

@@ -221,9 +221,11 @@ def _steps(config: ArenaConfig, entries, notes: dict[str, Any]) -> list[int]:
         notes["samples"] = config.steps * config.batch_size
         return [config.steps] * len(entries)
     if config.budget == "flops":
+        from ..train import TrainConfig, resolve_data
         from .measure import training_flops_per_step
 
-        per_step = [training_flops_per_step(c) for c in configs]
+        data = resolve_data(TrainConfig(**configs[0]))  # every entry trains on the same data
+        per_step = [training_flops_per_step(c, data) for c in configs]
         notes.update(flops=config.flops, flops_per_step=per_step)
         steps = [max(1, int(config.flops // f)) for f in per_step]
         return steps
