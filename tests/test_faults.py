@@ -1,5 +1,6 @@
 """Bad input and faults (issue 17; bad data files are in test_faults_data.py): each case
-gets one clear line, nothing silently wrong, nothing lost. Command-line cases run ``python -m ndformer`` in a fresh process."""
+gets one clear line, nothing silently wrong, nothing lost. Command-line cases run
+``python -m ndformer`` in a fresh process."""
 
 from __future__ import annotations
 
