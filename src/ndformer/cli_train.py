@@ -81,16 +81,6 @@ def _overrides(text: str | None, fail) -> dict:
     return value
 
 
-def _default_batch(task: str | None, data: Path | None) -> int:
-    """64 samples per step; 4 scenes for point clouds (each holds 10^4+ points)."""
-    from .tasks.points import POINT_SUFFIXES, is_point_folder
-
-    points = (task or "").startswith("scenes-points") or (
-        data is not None and (data.suffix in POINT_SUFFIXES or is_point_folder(data))
-    )
-    return 4 if points else 64
-
-
 def _print_class_ious(console, score, names: list[str] | None) -> None:
     """The IoU of every class, after an mIoU."""
     if score is None or score.per_class is None:
@@ -125,17 +115,57 @@ def register(app: typer.Typer, console, fail) -> None:
         data: Annotated[
             Path | None, typer.Option(help="User data: image folder, .npz or NIfTI .csv.")
         ] = None,
-        model: Annotated[str, typer.Option(help="Model name (see Python list_models()).")] = (
-            "vit-tiny"
-        ),
-        pattern: Annotated[
-            list[str] | None, typer.Option(help="Pattern spec(s), cycled over the blocks.")
+        model: Annotated[
+            str | None,
+            typer.Option(
+                help="Model name (see Python list_models()). [default: vit-tiny (volt-tiny"
+                " for point clouds), 4 blocks of width 128 under 5,000 training samples,"
+                " 6 blocks under 50,000]"
+            ),
         ] = None,
-        patch: Annotated[int | None, typer.Option(help="Patch size (default: the task's).")] = None,
+        pattern: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Pattern spec(s), cycled over the blocks. [default: full attention up to"
+                " 6 x width tokens (its pairs then cost at most the dense layers), else"
+                " neighborhood(7) in 2-D, (5) in 3-D]"
+            ),
+        ] = None,
+        patch: Annotated[
+            int | None,
+            typer.Option(
+                help="Patch size. [default: the task's; for --data the smallest with at most"
+                " 256 tokens (128 in 3-D)]"
+            ),
+        ] = None,
         overrides: Annotated[
             str | None, typer.Option(help="Model config overrides as JSON, e.g. '{\"depth\": 4}'.")
         ] = None,
-        steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+        steps: Annotated[
+            int | None,
+            typer.Option(help="Optimizer steps. [default: --epochs of the training set]"),
+        ] = None,
+        epochs: Annotated[
+            int | None,
+            typer.Option(
+                help="Passes over the training set. [default: 60 under 5,000 samples, 30 under"
+                " 50,000, else 10]"
+            ),
+        ] = None,
+        time_budget: Annotated[
+            float | None,
+            typer.Option(
+                metavar="MINUTES",
+                help="Fit the steps to this wall time, from the measured step time (the"
+                " learning-rate schedule follows).",
+            ),
+        ] = None,
+        patience: Annotated[
+            int | None,
+            typer.Option(
+                help="Stop after this many validations without a new best; end with the best."
+            ),
+        ] = None,
         batch_size: Annotated[
             int | None,
             typer.Option(help="Samples per step. [default: 64; 4 scenes for point clouds]"),
@@ -150,36 +180,70 @@ def register(app: typer.Typer, console, fail) -> None:
         teacher_steps: Annotated[int | None, typer.Option(help="Steps for --teacher conv.")] = None,
         eval_every: Annotated[int, typer.Option(help="Validate + checkpoint every N.")] = 0,
         tensorboard: Annotated[bool, typer.Option(help="Also log to out/tensorboard.")] = False,
+        dry_run: Annotated[
+            bool, typer.Option(help="Print the plan (choices, time, memory) and exit.")
+        ] = False,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     ) -> None:
-        """Train a model on a task or on your data; checkpoints are written atomically."""
-        from .train import TrainConfig, fit, read_run
+        """Train a model on a task or on your data; checkpoints are written atomically.
 
-        config = TrainConfig(
-            task=task,
-            data=None if data is None else str(data),
-            model=model,
+        Before the first step it prints the plan: every setting (chosen from the data
+        where not given), and the whole run's estimated time and peak memory from a few
+        measured steps; it refuses a run that would not fit in memory.
+        """
+        from ._io import check_output_dir
+        from .train import TrainConfig, fit, read_run, resolve_data
+        from .train.defaults import choose_defaults
+        from .train.plan import plan_run
+
+        if time_budget is not None and not 0 < time_budget < float("inf"):
+            fail(f"--time-budget must be > 0 minutes, got {time_budget:g}")
+        if time_budget is not None and steps is not None:
+            fail("give --steps or --time-budget, not both")
+        check_output_dir(out, create=False)
+        if not resume and (out / "state.pt").exists():
+            fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        source = TrainConfig(task=task, data=None if data is None else str(data), seed=seed)
+        dataset = resolve_data(source, progress=True)
+        fields, choices = choose_defaults(
+            dataset, model=model, patch=patch,
             pattern=None if not pattern else (pattern[0] if len(pattern) == 1 else pattern),
-            patch=patch,
-            overrides=_overrides(overrides, fail),
-            steps=steps,
-            batch_size=_default_batch(task, data) if batch_size is None else batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            seed=seed,
-            amp=bf16,
-            teacher=teacher,
-            teacher_steps=teacher_steps,
-            eval_every=eval_every,
-            tensorboard=tensorboard,
-        )
+            overrides=_overrides(overrides, fail), steps=steps, epochs=epochs,
+            batch_size=batch_size, user_data=data is not None,
+        )  # fmt: skip
+        if resume and time_budget is not None and (out / "run.json").exists():
+            fields["steps"] = read_run(out)["train"]["steps"]  # the fitted steps of the run
+            time_budget = None
+        config = TrainConfig(
+            task=task, data=source.data, **fields, lr=lr, weight_decay=weight_decay, seed=seed,
+            amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
+            tensorboard=tensorboard, patience=patience,
+        )  # fmt: skip
+        plan = None
+        if not resume:
+            config, plan = plan_run(config, dataset, choices, time_budget=time_budget)
+            for line in plan.lines():
+                console.print(line)
+            if teacher == "conv":
+                console.print("  note     --teacher conv trains its network first (not counted)")
+        if dry_run:
+            console.print("dry run: nothing trained")
+            return
         try:
-            result = fit(config, out, resume=resume, progress=True)
+            result = fit(config, out, data=dataset, resume=resume, progress=True, plan=plan)
         except KeyboardInterrupt:
             console.print(_interrupted(out))
             raise typer.Exit(code=130) from None
+        info = read_run(out)
         console.print(f"test {result.score}  ({result.samples_per_s:.0f} train samples/s)")
-        _print_class_ious(console, result.score, read_run(out)["data"].get("class_names"))
+        _print_class_ious(console, result.score, info["data"].get("class_names"))
+        if result.best_step is not None:
+            stop = f"; stopped early at step {result.steps}" if info.get("stopped_early") else ""
+            console.print(f"weights of step {result.best_step}, the best validation"
+                          f" ({100 * info['best_val']:.1f}%){stop}")  # fmt: skip
+        if plan is not None and info.get("seconds"):
+            console.print(f"took {info['seconds'] / 60:.1f} min (planned"
+                          f" {plan.seconds / 60:.1f})")  # fmt: skip
         console.print(f"run directory: {out}  (ndformer evaluate {out})")
 
     @app.command(epilog=EXAMPLES_EVALUATE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from .._io import atomic_write
 from ..errors import DataError
 
 KINDS = ("classification", "segmentation")
+#: Tokens per sample the patch suggestion for user data aims at, per number of axes
+#: (3-D is held to 128: the dense layers of every token dominate a small model's step).
+TOKEN_BUDGET = {1: 256, 2: 256, 3: 128, 4: 256}
 SPLITS = ("train", "val", "test")
 
 
@@ -178,3 +182,20 @@ def progress_steps(description: str, total: int, enabled: bool) -> Iterator[Call
     with Progress(transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def tokens_for(spatial: tuple[int, ...], patch: int | tuple[int, ...]) -> int:
+    """Patch tokens of a sample: ``prod(ceil(size / patch))`` over the axes."""
+    patches = patch if isinstance(patch, tuple) else (patch,) * len(spatial)
+    return math.prod(-(-s // p) for s, p in zip(spatial, patches, strict=True))
+
+
+def suggest_patch(spatial: tuple[int, ...], budget: int | None = None) -> int:
+    """The smallest patch size giving at most ``budget`` tokens (default
+    ``TOKEN_BUDGET[len(spatial)]``) on a grid of ``spatial`` voxels: 1 if the grid is
+    small enough already."""
+    budget = budget or TOKEN_BUDGET.get(len(spatial), 256)
+    for p in range(1, max(spatial) + 1):
+        if tokens_for(spatial, p) <= budget:
+            return p
+    return max(spatial)

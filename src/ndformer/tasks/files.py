@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, UsageError
-from .base import SPLITS, TaskData, check_user_data, split_indices
+from .base import SPLITS, TaskData, check_user_data, split_indices, suggest_patch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -78,6 +78,11 @@ def read_npz(path: Path, kind: str = ".npz archive") -> dict[str, np.ndarray]:
         ) from None
 
 
+#: Training augmentation of user classification data: random shifts of up to this many
+#: voxels per axis (label-preserving for classification; flips are not in general).
+USER_SHIFT = 1
+
+
 def _classification(name: str, images: np.ndarray, labels: np.ndarray, parts, classes, patch):
     return TaskData(
         name=name,
@@ -86,13 +91,9 @@ def _classification(name: str, images: np.ndarray, labels: np.ndarray, parts, cl
         x={s: torch.from_numpy(images[i]) for s, i in parts.items()},
         y={s: torch.from_numpy(labels[i]).long() for s, i in parts.items()},
         patch=patch,
+        max_shift=USER_SHIFT,
         class_names=list(classes),
     )
-
-
-def _suggest_patch(spatial: tuple[int, ...]) -> int:
-    """A patch size giving roughly 8-16 tokens per axis."""
-    return max(1, min(spatial) // 12)
 
 
 def _image_folder(root: Path, seed: int) -> TaskData:
@@ -140,7 +141,7 @@ def _image_folder(root: Path, seed: int) -> TaskData:
     else:
         images, labels = read(files["all"])
         parts = split_indices(len(labels), seed)
-    patch = _suggest_patch(images.shape[2:])
+    patch = suggest_patch(images.shape[2:])
     return _classification(root.name, images, labels, parts, classes, patch)
 
 
@@ -209,7 +210,8 @@ def _npz(path: Path) -> TaskData:
         num_classes=max(num_classes, 2),
         x={s: torch.from_numpy(np.ascontiguousarray(x[s])) for s in SPLITS},
         y=y,
-        patch=_suggest_patch(spatial),
+        patch=suggest_patch(spatial),
+        max_shift=0 if dense else USER_SHIFT,
     )
 
 
@@ -267,5 +269,5 @@ def _nifti_csv(path: Path, seed: int) -> TaskData:
     images = np.stack(volumes)[:, None]
     parts = split_indices(len(labels), seed)
     return _classification(
-        path.stem, images, np.array(labels), parts, names, _suggest_patch(images.shape[2:])
+        path.stem, images, np.array(labels), parts, names, suggest_patch(images.shape[2:])
     )

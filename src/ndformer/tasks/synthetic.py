@@ -233,3 +233,31 @@ def scenes3d(n: int, size: int, seed: int, objects=(2, 4)) -> tuple[np.ndarray, 
         volumes = np.where(occupied, brightness, volumes)
     volumes += rng.normal(scale=0.15, size=volumes.shape)
     return volumes[:, None].astype(np.float16), labels
+
+
+#: The classes of ``blob_shapes``: (name, axis scales of the blob's ellipsoid).
+BLOB_SHAPES = (("ball", (1.0, 1.0, 1.0)), ("disc", (1.5, 1.5, 0.45)), ("rod", (0.5, 0.5, 1.8)))
+
+
+def blob_shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A soft, noisy 3-D blob per volume whose class is its shape: a ball, a flat disc or
+    a rod (``BLOB_SHAPES``), at a random rotation, size, position and brightness, over a
+    random background level with Gaussian noise. The MedMNIST-3D-like data of the
+    "train on your own data" example (``scripts/make_blobs3d.py``).
+
+    Returns volumes float32 [n, size, size, size] and class labels int64 [n].
+    """
+    rng = np.random.default_rng(seed)
+    kinds = rng.integers(0, len(BLOB_SHAPES), size=n)
+    axes = np.array([scale for _, scale in BLOB_SHAPES])[kinds]  # [n, 3]
+    radius = rng.uniform(0.3, 0.4, size=(n, 1)) * axes
+    centre = rng.uniform(-0.3, 0.3, size=(n, 3))
+    rot = _rotations(rng, n)
+    offset = _grid3(size)[None] - centre[:, None, None, None, :]
+    local = np.einsum("nij,nxyzj->nxyzi", rot.transpose(0, 2, 1), offset)
+    distance = np.sqrt(((local / radius[:, None, None, None, :]) ** 2).sum(-1))
+    blob = 1.0 / (1.0 + np.exp(4.0 * (distance - 1.0)))  # soft edge
+    brightness = rng.uniform(0.6, 1.2, size=(n, 1, 1, 1))
+    background = rng.uniform(-0.2, 0.2, size=(n, 1, 1, 1))
+    noise = rng.normal(scale=rng.uniform(0.05, 0.2, size=(n, 1, 1, 1)), size=blob.shape)
+    return (blob * brightness + background + noise).astype(np.float32), kinds.astype(np.int64)

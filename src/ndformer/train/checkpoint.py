@@ -139,8 +139,10 @@ def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimiz
     if not state_path.exists():
         raise TrainingError(f"--resume: {state_path} does not exist")
     state = read_state(out)
-    if state["config"] != config_dict:
-        changed = sorted(k for k, v in config_dict.items() if state["config"].get(k) != v)
+    # settings added since the run was saved compare equal when left at None
+    saved = {**{k: None for k in config_dict if k not in state["config"]}, **state["config"]}
+    if saved != config_dict:
+        changed = sorted(k for k, v in config_dict.items() if saved.get(k) != v)
         if changed == ["steps"]:
             raise TrainingError(
                 f"--resume: the run in {out} was set up for {state['config']['steps']} steps"
@@ -158,10 +160,12 @@ def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimiz
     return int(state["step"])
 
 
-def save_checkpoint(out: Path, step: int, config_dict: dict[str, Any], model, optimizer) -> None:
+def save_checkpoint(
+    out: Path, step: int, config_dict: dict[str, Any], model, optimizer, **extra: Any
+) -> None:
     """The weights (``model.safetensors``) and the resume state (``state.pt``) after
-    ``step`` steps, each replaced atomically."""
+    ``step`` steps, each replaced atomically; ``extra`` entries go into the state."""
     digest = save_weights(out / "model.safetensors", model)
     state = dict(step=step, config=config_dict, model=model.state_dict(),
-                 optimizer=optimizer.state_dict(), weights_sha256=digest)  # fmt: skip
+                 optimizer=optimizer.state_dict(), weights_sha256=digest, **extra)  # fmt: skip
     save_state(out / "state.pt", state)

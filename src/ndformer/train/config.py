@@ -26,7 +26,9 @@ class TrainConfig:
     ``task`` names a generated/bundled task, ``data`` a user path (one of the two).
     ``patch`` defaults to the task's suggestion; ``overrides`` go to ``create_model``.
     ``teacher``: ``"conv"`` trains an N-D CNN first (in ``out/teacher``) and distills
-    its logits, or the path of a finished run to use as the teacher.
+    its logits, or the path of a finished run to use as the teacher. ``patience``: stop
+    when that many validations in a row did not improve on the best, and end with the
+    best validation's weights (``best.safetensors``).
     """
 
     task: str | None = None
@@ -51,13 +53,15 @@ class TrainConfig:
     distill_alpha: float = 0.5
     temperature: float = 2.0
     tensorboard: bool = False
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.data is None):
             raise ValueError("give exactly one of task (--task) and data (--data)")
-        for name in ("steps", "batch_size", "patch", "teacher_steps", "eval_every"):
+        optional = ("patch", "teacher_steps", "patience")
+        for name in ("steps", "batch_size", *optional, "eval_every"):
             value = getattr(self, name)
-            if value is not None or name not in ("patch", "teacher_steps"):
+            if value is not None or name not in optional:
                 check_int(f"--{name.replace('_', '-')}", value, 0 if name == "eval_every" else 1)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be > 0, got {self.lr}")

@@ -14,7 +14,15 @@ import torch
 from .._io import check_output_dir, exclusive_dir
 from ..models import NdModel
 from ..tasks.points import PointTaskData
-from .checkpoint import load, read_run, restore, save_checkpoint, write_json
+from .checkpoint import (
+    load,
+    read_run,
+    read_state,
+    restore,
+    save_checkpoint,
+    save_weights,
+    write_json,
+)
 from .config import METRIC_COLUMNS, TrainConfig, TrainingError
 from .data import (
     Data,
@@ -28,6 +36,7 @@ from .data import (
 )
 from .evaluate import evaluate_model
 from .metrics import Score
+from .plan import Plan, peak_resident_bytes
 from .step import lr_at, param_groups, train_step
 
 
@@ -39,7 +48,8 @@ class RunResult:
     model: NdModel
     score: Score | None
     samples_per_s: float
-    steps: int
+    steps: int  # steps trained (fewer than configured after an early stop)
+    best_step: int | None = None  # with patience: the step of the weights it ended with
 
 
 class Reporter:
@@ -175,40 +185,84 @@ def fit(
     progress: bool = True,
     stop_after: int | None = None,
     time_limit: float | None = None,
+    plan: Plan | None = None,
 ) -> RunResult:
     """Train ``config`` into the run directory ``out`` and evaluate on the test split.
 
     ``resume`` continues from ``out/state.pt``. ``stop_after`` ends the run after that
     step as if it had been killed right after its checkpoint (for tests and budgets);
     ``time_limit`` (seconds) stops early the same way. Checkpoints are written every
-    ``eval_every`` steps and at the end.
+    ``eval_every`` steps and at the end. With ``config.patience``, the run stops once
+    that many validations in a row have not improved on the best one and ends with the
+    best validation's weights. ``plan`` (from ``plan_run``) is recorded in ``run.json``
+    beside the measured wall time and peak memory.
     """
     out = check_output_dir(Path(out), create=False)
     data = data or resolve_data(config, progress)  # bad data: refused before out is touched
     with exclusive_dir(out):
-        return _fit(config, out, data, resume, progress, stop_after, time_limit)
+        return _fit(config, out, data, resume, progress, stop_after, time_limit, plan)
 
 
-def _fit(config, out: Path, data, resume, progress, stop_after, time_limit) -> RunResult:
+class _Best:
+    """The best validation so far and the validations since (for ``patience``)."""
+
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
+        saved = saved or {}
+        self.step: int | None = saved.get("step")
+        self.value: float | None = saved.get("value")
+        self.waited: int = saved.get("waited", 0)
+        self.stopped: bool = saved.get("stopped", False)
+
+    def update(self, step: int, value: float, patience: int) -> bool:
+        """Record validation ``value`` at ``step``; True if it is the best so far."""
+        better = self.value is None or value > self.value
+        if better:
+            self.step, self.value, self.waited = step, value, 0
+        else:
+            self.waited += 1
+            self.stopped = self.waited >= patience
+        return better
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(step=self.step, value=self.value, waited=self.waited, stopped=self.stopped)
+
+
+def _use_best(out: Path, model: NdModel) -> None:
+    """Load ``best.safetensors`` into ``model`` and make it the run's ``model.safetensors``."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    save_weights(out / "model.safetensors", model)
+
+
+def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan) -> RunResult:
+    began = time.perf_counter()
     model = build_for(config, data)
     check_model_fits(model, data)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     settings = config.to_dict()
     start = restore(out, settings, resume, model, optimizer)
-    if start >= config.steps:  # resuming a finished run: its weights are verified, re-score
+    best = _Best(read_state(out).get("best") if start else None)
+    if start >= config.steps or best.stopped:  # a finished run: its weights are verified
         previous = read_run(out) if (out / "run.json").exists() else {}
+        if config.patience is not None and best.step is not None:
+            _use_best(out, model)
         score = evaluate_model(model, data, "test")
         rate = float(previous.get("samples_per_s") or 0.0)
         info = dict(previous, status="done", test=score.to_dict(), steps=config.steps)
         write_json(out / "run.json", dict(info, train=settings, data=data_summary(data)))
-        return RunResult(out, model, score, rate, config.steps)
+        return RunResult(out, model, score, rate, int(previous.get("steps_done", start)),
+                         best.step)  # fmt: skip
     write_json(out / "config.json", model.config.to_dict())
     run_info = dict(status="running", train=settings, data=data_summary(data))
+    if plan is not None:
+        run_info["plan"] = plan.to_dict()
     write_json(out / "run.json", run_info)
     teacher = _teacher(config, data, out, progress)
     every = config.eval_every or max(1, config.steps // 10)
     reporter = Reporter(out, config, start, progress, f"{config.model} {config.pattern or ''}")
-    train_size, meter, began = num_samples(data, "train"), _Meter(), time.perf_counter()
+    train_size, meter = num_samples(data, "train"), _Meter()
+    done = start
     try:
         for step in range(start, config.steps):
             tick = time.perf_counter()
@@ -228,13 +282,23 @@ def _fit(config, out: Path, data, resume, progress, stop_after, time_limit) -> R
                 val = evaluate_model(model, data, "val", limit=config.eval_samples)
                 reporter.log(meter.row(done, lr_at(config, step), val))
                 meter.reset()
-                save_checkpoint(out, done, settings, model, optimizer)
+                if config.patience is not None and best.update(done, val.value, config.patience):
+                    save_weights(out / "best.safetensors", model)
+                save_checkpoint(out, done, settings, model, optimizer, best=best.to_dict())
+            if best.stopped:
+                break
             if stopping and not last:
                 return RunResult(out, model, None, meter.rate, done)
     finally:
         reporter.close()
+    if config.patience is not None and best.step is not None:
+        _use_best(out, model)
     score = evaluate_model(model, data, "test")
     run_info.update(status="done", test=score.to_dict(), samples_per_s=meter.rate,
-                    steps=config.steps)  # fmt: skip
+                    steps=config.steps, steps_done=done, seconds=time.perf_counter() - began,
+                    peak_memory_bytes=peak_resident_bytes())  # fmt: skip
+    if config.patience is not None:
+        run_info.update(best_step=best.step, best_val=best.value,
+                        stopped_early=best.stopped)  # fmt: skip
     write_json(out / "run.json", run_info)
-    return RunResult(out, model, score, meter.rate, config.steps)
+    return RunResult(out, model, score, meter.rate, done, best.step)
