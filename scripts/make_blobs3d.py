@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     arrays = {}
-    for offset, (split, count) in enumerate(zip(("train", "val", "test"), args.counts)):
+    for offset, (split, count) in enumerate(
+        zip(("train", "val", "test"), args.counts, strict=True)
+    ):
         images, labels = blob_shapes(count, args.size, args.seed * 3 + offset)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels[:, None]
     np.savez_compressed(args.out, **arrays)

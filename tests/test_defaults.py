@@ -50,7 +50,7 @@ def test_a_small_3d_data_set_gets_a_small_model_full_attention_and_epochs():
     assert fields["model"] == "vit-tiny" and fields["patch"] == 4
     assert fields["overrides"] == dict(depth=4, dim=128, heads=2, drop_path=0.1)
     assert fields["pattern"] == "full" and chosen["tokens"].value == 64
-    assert fields["batch_size"] == 64 and fields["steps"] == 60 * (900 // 64)
+    assert fields["batch_size"] == 64 and fields["steps"] == 120 * (900 // 64)
     assert not any(c.given for c in chosen.values())
 
 

@@ -8,65 +8,7 @@ from typing import Annotated
 
 import typer
 
-EXAMPLES_TRAIN = """
-Examples:
-
-  ndformer train --task digits --model vit-tiny --steps 1000 --out runs/digits
-
-  ndformer train --task pathfinder2d-32 --model vit-tiny --pattern "neighborhood(7)" --steps 2000 --out runs/x
-
-  ndformer train --task shapes3d-16 --model hvit-tiny --pattern "window(4)" --teacher conv --out runs/s
-
-  ndformer train --task scenes-points --model volt-tiny --steps 800 --out runs/rooms  (point clouds)
-
-  ndformer train --data my_scans/ --model volt-tiny --out runs/scans      (folder of labelled .ply/.npz)
-
-  ndformer train --data my_images/ --model vit-small --out runs/mine      (folder of class folders)
-
-  ndformer train ... --out runs/x --resume                                (continue a stopped run)
-"""  # noqa: E501
-
-EXAMPLES_EVALUATE = """
-Examples:
-
-  ndformer evaluate runs/x                    (the run's own task, test split)
-
-  ndformer evaluate runs/x --data other.npz   (another data set with the same layout)
-"""
-
-EXAMPLES_PREDICT = """
-Examples:
-
-  ndformer train --task scenes-points --model volt-tiny --out runs/rooms
-
-  ndformer predict runs/rooms scene.ply --out labels.ply    (x, y, z, label colours, label)
-
-  ndformer predict runs/rooms scene.ply --out labels.ply --plot labels.png
-
-  ndformer predict runs/rooms scan.npz --out labels.npz     (npz: xyz [n, 3], optional rgb)
-"""
-
-EXAMPLES_ARENA = """
-Examples:
-
-  ndformer arena                               (the default arena, about 12 minutes on 2 cores)
-
-  ndformer arena --task pathfinder2d-32 --patterns full "window(8)" "neighborhood(7)" --minutes 30
-
-  ndformer arena --task shapes3d-16 --patterns full "window(4)" --steps 800 --seeds 3
-
-  ndformer arena --budget flops 2e14 --patterns full "neighborhood(5)"   (equal training FLOPs)
-
-  ndformer arena --resume                      (after Ctrl-C or a crash: finished entries stay)
-
-  ndformer arena --model vit-tiny --overrides '{"patch": 2}' --patterns full --token-merging 8
-
-  ndformer arena --patterns full --keep-rate 0.7 0.5     (full attention with EViT fusion)
-
-  ndformer arena --data my_scans.npz --model hvit-tiny --patterns "window(4)" "window(7)"
-
-  ndformer arena --task scenes-points --model volt-tiny --batch-size 4 --patterns full "serialized('hilbert', 64)"
-"""  # noqa: E501
+from .cli_examples import EXAMPLES_ARENA, EXAMPLES_EVALUATE, EXAMPLES_PREDICT, EXAMPLES_TRAIN
 
 
 def _overrides(text: str | None, fail) -> dict:
@@ -148,7 +90,7 @@ def register(app: typer.Typer, console, fail) -> None:
         epochs: Annotated[
             int | None,
             typer.Option(
-                help="Passes over the training set. [default: 60 under 5,000 samples, 30 under"
+                help="Passes over the training set. [default: 120 under 5,000 samples, 30 under"
                 " 50,000, else 10]"
             ),
         ] = None,

@@ -17,7 +17,7 @@ is sized to it instead of to one fixed recipe. The rules, in order:
   ``N <= 6·dim`` tokens —, else ``neighborhood(k)`` (``LOCAL_KERNEL``), whose
   forward+backward is 30x cheaper than full attention at 4096 tokens
   (docs/bench/training, ``ndformer bench --backward``).
-- **steps**: a number of epochs (``epochs_for``: 60 under ``SMALL_DATA`` samples, 30 under
+- **steps**: a number of epochs (``epochs_for``: 120 under ``SMALL_DATA`` samples, 30 under
   ``MEDIUM_DATA``, 10 beyond) times the steps per epoch.
 - **batch**: 64 samples, 4 scenes for point clouds, never more than the training set.
 
@@ -62,7 +62,7 @@ class Choice:
 def epochs_for(train_samples: int) -> int:
     """Default epochs for a training set of ``train_samples`` samples."""
     if train_samples < SMALL_DATA:
-        return 60
+        return 120
     return 30 if train_samples < MEDIUM_DATA else 10
 
 
