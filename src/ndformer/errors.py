@@ -28,15 +28,24 @@ class DataError(NdformerError):
     """A data file or run directory that cannot be used as it is (exit code 1)."""
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the machine can still give (``MemAvailable``), or None if unknown."""
+def proc_bytes(path: str, key: str) -> int | None:
+    """The ``key: N kB`` entry of a /proc file (``/proc/meminfo``, ``/proc/self/status``)
+    in bytes, or None where there is no such file or entry."""
     try:
-        with open("/proc/meminfo") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the machine can still give (``MemAvailable``), or None if unknown."""
+    free = proc_bytes("/proc/meminfo", "MemAvailable")
+    if free is not None:
+        return free
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

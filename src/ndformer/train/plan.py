@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError, available_memory, format_bytes
+from ..errors import UsageError, available_memory, format_bytes, proc_bytes
 from .config import TrainConfig
 from .data import Data, batch_indices, build_for, make_batch, num_samples, step_seed
 from .defaults import Choice
@@ -100,14 +100,8 @@ def _duration(seconds: float) -> str:
 
 def resident_bytes() -> int:
     """The process's resident memory now (``VmRSS``; the peak so far where unknown)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return peak_resident_bytes()
+    now = proc_bytes("/proc/self/status", "VmRSS")
+    return peak_resident_bytes() if now is None else now
 
 
 def peak_resident_bytes() -> int:
