@@ -287,7 +287,7 @@ def test_interrupted_train_names_the_checkpoint(monkeypatch, finished_run):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "fit", interrupted)
-    args = ["train", "--task", "digits", "--out", str(finished_run)]
+    args = ["train", "--task", "digits", "--out", str(finished_run), "--resume"]
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 130
     assert "the checkpoint of step 2 is intact: continue with --resume" in result.output

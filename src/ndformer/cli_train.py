@@ -135,6 +135,7 @@ def register(app: typer.Typer, console, fail) -> None:
         """
         from ._io import check_output_dir
         from .train import TrainConfig, fit, read_run, resolve_data
+        from .train.checkpoint import holds_a_run
         from .train.defaults import choose_defaults
         from .train.plan import plan_run
 
@@ -143,8 +144,8 @@ def register(app: typer.Typer, console, fail) -> None:
         if time_budget is not None and steps is not None:
             fail("give --steps or --time-budget, not both")
         check_output_dir(out, create=False)
-        if not resume and (out / "state.pt").exists():
-            fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if not resume and (problem := holds_a_run(out)) is not None:
+            fail(problem)  # before the plan measures anything
         source = TrainConfig(task=task, data=None if data is None else str(data), seed=seed)
         dataset = resolve_data(source, progress=True)
         fields, choices = choose_defaults(

@@ -123,6 +123,13 @@ def last_checkpoint(out: str | Path) -> int | None:
         return None
 
 
+def holds_a_run(out: Path) -> str | None:
+    """Why a new run cannot start in ``out`` (it holds one already), or None."""
+    if (Path(out) / "state.pt").exists():
+        return f"{out} already holds a run; pass --resume to continue it or choose another --out"
+    return None
+
+
 def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimizer) -> int:
     """The step a run into ``out`` starts at: 0 for a new run (refused if ``out`` already
     holds one), else the saved step, with ``model`` and ``optimizer`` loaded from
@@ -131,10 +138,8 @@ def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimiz
 
     state_path = out / "state.pt"
     if not resume:
-        if state_path.exists():
-            raise TrainingError(
-                f"{out} already holds a run; pass --resume to continue it or choose another --out"
-            )
+        if (problem := holds_a_run(out)) is not None:
+            raise TrainingError(problem)
         return 0
     if not state_path.exists():
         raise TrainingError(f"--resume: {state_path} does not exist")

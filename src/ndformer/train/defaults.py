@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .._checks import check_int
 from ..models import MODELS
 from ..tasks.base import TOKEN_BUDGET, tokens_for
 from .data import Data, PointTaskData, num_samples
@@ -93,6 +94,10 @@ def choose_defaults(
     """
     if steps is not None and epochs is not None:
         raise ValueError("give --steps or --epochs, not both")
+    for name, value in (("--batch-size", batch_size), ("--steps", steps), ("--epochs", epochs),
+                        ("--patch", patch)):  # fmt: skip
+        if value is not None:
+            check_int(name, value, 1)
     points = isinstance(data, PointTaskData)
     n = num_samples(data, "train")
     choices: list[Choice] = []
