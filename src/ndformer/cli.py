@@ -314,6 +314,7 @@ MULTI_VALUE_OPTIONS = (
     "--token-merging",
     "--keep-rate",
     "--points",
+    "--sizes",
 )
 
 

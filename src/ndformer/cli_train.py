@@ -232,6 +232,25 @@ def register(app: typer.Typer, console, fail) -> None:
             console.print(f"mIoU against the file's labels: {100 * result['miou']:.1f}%")
         console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
+    def _sweep(config, sizes: list[int], resume: bool, on_entry) -> None:
+        import shlex
+        import sys
+
+        from .arena.sweep import run_sweep, sweep_table
+        from .arena.sweep_report import crossovers, write_sweep_outputs
+
+        def on_size(size: int, task: str) -> None:
+            console.print(f"size {size}: {task}")
+
+        results = run_sweep(config, sizes, on_entry, on_size, resume=resume)
+        command = "ndformer " + shlex.join(sys.argv[1:])
+        paths = write_sweep_outputs(results, config.out, command)
+        for pattern, text in crossovers(sweep_table(results)).items():
+            console.print(f"{pattern}: {text}")
+        if len(results) < len(sizes):
+            console.print(f"stopped after {len(results)} of {len(sizes)} sizes (--resume goes on)")
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+
     @app.command(epilog=EXAMPLES_ARENA)
     def arena(
         task: Annotated[str | None, typer.Option(help="Task name.")] = None,
@@ -277,6 +296,14 @@ def register(app: typer.Typer, console, fail) -> None:
             list[float] | None,
             typer.Option(help="Also run full attention with EViT keeping this rate of tokens."),
         ] = None,
+        sizes: Annotated[
+            list[int] | None,
+            typer.Option(
+                help="The scale axis: the same arena on the task resized to each size"
+                " (pathfinder3d-16 at --sizes 16 24 32), one arena per size in"
+                " OUT/size-N, and a report of step time and accuracy against tokens."
+            ),
+        ] = None,
         out: Annotated[Path, typer.Option(help="Output folder.")] = Path("arena-results"),
     ) -> None:
         """Train one model with each pattern under the same budget; report accuracy vs cost.
@@ -320,8 +347,6 @@ def register(app: typer.Typer, console, fail) -> None:
             elif kind == "minutes":
                 config.minutes = amount
         config.__post_init__()
-        summary_data = load_data(config.data) if config.data else load_task(config.task)
-        console.print(summary_data.summary())
 
         def on_entry(done: int, total: int, spec: str, row: dict) -> None:
             if not row:
@@ -335,6 +360,12 @@ def register(app: typer.Typer, console, fail) -> None:
                     f" ({100 * s['low']:.1f}-{100 * s['high']:.1f}), {row['steps']} steps,"
                     f" {row['seconds']:.0f} s"
                 )
+
+        if sizes:
+            _sweep(config, list(sizes), resume, on_entry)
+            return
+        summary_data = load_data(config.data) if config.data else load_task(config.task)
+        console.print(summary_data.summary())
 
         rows, notes = run_arena(config, on_entry, resume=resume)
         console.print("measured the costs of every entry in interleaved rounds")

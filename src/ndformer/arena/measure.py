@@ -76,6 +76,28 @@ def attention_gflop(model: NdModel, sample) -> float:
     return total / 1e9
 
 
+def tokens_per_sample(model: NdModel, sample) -> int:
+    """Tokens the first attention layer of ``model`` sees for one sample (grid cells
+    after the patch embedding, or a point model's tokens)."""
+    seen: list[int] = []
+
+    def record(module, args):
+        if not seen:
+            points = args[1] if len(args) > 1 else None
+            seen.append(points.num_tokens if points is not None else args[0].shape[1:-1].numel())
+
+    hooks = [
+        m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Attention)
+    ]
+    try:
+        with torch.inference_mode():
+            model.eval()(_one_sample(sample))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return int(seen[0]) if seen else 0
+
+
 def dense_gflop(model: NdModel, sample) -> float:
     """Forward GFLOP of one sample's linear and convolution layers (2 per multiply-add):
     everything but attention's own products, counted by hooks on a forward pass."""
@@ -138,6 +160,7 @@ def run_entry(config: dict[str, Any], out: str) -> dict:
         training_samples_per_s=result.samples_per_s,
         peak_mib=peak.bytes / 2**20,
         attention_gflop=attention_gflop(model, batch),
+        tokens=tokens_per_sample(model, batch),
         dense_gflop=dense_gflop(model, batch),
         train_flops=step_flops(model, data, train_config.batch_size) * train_config.steps,
         params=sum(p.numel() for p in model.parameters()),

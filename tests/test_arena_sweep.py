@@ -1,0 +1,98 @@
+"""``arena --sizes``: the same arena over growing inputs, and its report."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("typer")
+pytest.importorskip("matplotlib")
+
+from ndformer.arena import ArenaConfig
+from ndformer.arena.sweep import run_sweep, sized_task, sweep_table
+from ndformer.arena.sweep_report import crossovers, write_sweep_outputs
+from ndformer.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    "name, size, expected",
+    [
+        ("pathfinder3d-16", 32, "pathfinder3d-32"),
+        ("pathfinder2d-16-hard", 24, "pathfinder2d-24-hard"),
+        ("shapes3d", 24, "shapes3d-24"),
+        ("shapes3d-16", 8, "shapes3d-8"),
+        ("scenes3d-24", 32, "scenes3d-32"),
+    ],
+)
+def test_sized_task_replaces_the_size_in_the_name(name, size, expected):
+    assert sized_task(name, size) == expected
+
+
+@pytest.mark.parametrize(
+    "name, size, message",
+    [
+        ("digits", 16, "needs a generated task with a size"),
+        (None, 16, "got --data"),
+        ("scenes-points", 16, "needs a generated task"),
+        ("shapes3d-16", 4, "integer >= 8"),
+        ("shapes3d-16", True, "integer >= 8"),
+    ],
+)
+def test_sized_task_refuses_what_has_no_size(name, size, message):
+    with pytest.raises(UsageError, match=message):
+        sized_task(name, size)
+
+
+def _row(size, tokens, pattern, value, step_ms):
+    return dict(size=size, tokens=tokens, pattern=pattern, value=value, low=value - 0.01,
+                high=value + 0.01, train_step_ms=step_ms)  # fmt: skip
+
+
+def test_crossovers_name_the_first_size_where_a_local_pattern_is_faster():
+    table = [
+        _row(16, 512, "full", 0.9, 100.0),
+        _row(16, 512, "window(4)", 0.8, 120.0),
+        _row(16, 512, "neighborhood(3)", 0.85, 150.0),
+        _row(32, 4096, "full", 0.9, 1000.0),
+        _row(32, 4096, "window(4)", 0.8, 250.0),
+        _row(32, 4096, "neighborhood(3)", 0.85, 1100.0),
+    ]
+    for s in table:  # what sweep_table adds
+        s["step_vs_full"] = s["train_step_ms"] / next(
+            f["train_step_ms"] for f in table if f["size"] == s["size"] and f["pattern"] == "full"
+        )
+    words = crossovers(table)
+    assert set(words) == {"window(4)", "neighborhood(3)"}
+    assert words["window(4)"].startswith("faster than full attention from 4,096 tokens (0.25x")
+    assert words["neighborhood(3)"] == (
+        "never faster than full attention here (up to 4,096 tokens: its step took 1.10x"
+        " full's or more)"
+    )
+
+
+def test_a_tiny_sweep_runs_one_arena_per_size_and_reports_tokens(tmp_path):
+    config = ArenaConfig(task="shapes3d-8", patterns=["full", "window(2)"], steps=2,
+                         batch_size=8, overrides=dict(depth=1, dim=16, heads=2, patch=2),
+                         out=tmp_path / "sweep")  # fmt: skip
+    results = run_sweep(config, [10, 8])
+    assert sorted(results) == [8, 10]
+    for size, (rows, _, sized) in results.items():
+        assert sized.task == f"shapes3d-{size}" and sized.out == config.out / f"size-{size}"
+        assert (sized.out / "report.md").exists()
+        assert [r["steps"] for r in rows] == [2, 2]
+    table = sweep_table(results)
+    assert [(s["size"], s["tokens"], s["pattern"]) for s in table] == [
+        (8, 64, "full"), (8, 64, "window(2)"), (10, 125, "full"), (10, 125, "window(2)")
+    ]  # fmt: skip
+    assert all(s["step_vs_full"] > 0 for s in table)
+    assert [s["step_vs_full"] for s in table if s["pattern"] == "full"] == [1.0, 1.0]
+    paths = write_sweep_outputs(results, config.out, "ndformer arena --sizes 8 10")
+    assert [p.name for p in paths] == ["results.csv", "report.md", "scale.png"]
+    report = (config.out / "report.md").read_text()
+    assert "| 10 | 125 | `window(2)` |" in report and "--sizes 8 10" in report
+    assert len((config.out / "results.csv").read_text().splitlines()) == 5
+
+
+def test_sizes_must_differ():
+    config = ArenaConfig(task="shapes3d-8")
+    with pytest.raises(UsageError, match="each size once"):
+        run_sweep(config, [8, 8])
