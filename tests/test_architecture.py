@@ -37,7 +37,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"bench"},
     {"arena"},
-    {"cli", "cli_train", "cli_examples", "cli_errors", "__main__"},
+    {"cli", "cli_train", "cli_arena", "cli_examples", "cli_errors", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -1,4 +1,5 @@
-"""``ndformer train``, ``evaluate`` and ``arena``: registered on the app built in ``cli.py``."""
+"""``ndformer train``, ``evaluate``, ``predict`` (``arena`` is in ``cli_arena``), registered
+on the app built in ``cli.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_examples import EXAMPLES_ARENA, EXAMPLES_EVALUATE, EXAMPLES_PREDICT, EXAMPLES_TRAIN
+from .cli_examples import EXAMPLES_EVALUATE, EXAMPLES_PREDICT, EXAMPLES_TRAIN
 
 
 def _overrides(text: str | None, fail) -> dict:
@@ -232,153 +233,6 @@ def register(app: typer.Typer, console, fail) -> None:
             console.print(f"mIoU against the file's labels: {100 * result['miou']:.1f}%")
         console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
-    def _sweep(config, sizes: list[int], resume: bool, on_entry) -> None:
-        import shlex
-        import sys
+    from .cli_arena import register_arena
 
-        from .arena.sweep import run_sweep, sweep_table
-        from .arena.sweep_report import crossovers, write_sweep_outputs
-
-        def on_size(size: int, task: str) -> None:
-            console.print(f"size {size}: {task}")
-
-        results = run_sweep(config, sizes, on_entry, on_size, resume=resume)
-        command = "ndformer " + shlex.join(sys.argv[1:])
-        paths = write_sweep_outputs(results, config.out, command)
-        for pattern, text in crossovers(sweep_table(results)).items():
-            console.print(f"{pattern}: {text}")
-        if len(results) < len(sizes):
-            console.print(f"stopped after {len(results)} of {len(sizes)} sizes (--resume goes on)")
-        console.print("wrote " + ", ".join(str(p) for p in paths))
-
-    @app.command(epilog=EXAMPLES_ARENA)
-    def arena(
-        task: Annotated[str | None, typer.Option(help="Task name.")] = None,
-        data: Annotated[Path | None, typer.Option(help="User data instead of a task.")] = None,
-        patterns: Annotated[
-            list[str] | None, typer.Option(help="Pattern specs (several after one flag).")
-        ] = None,
-        model: Annotated[str | None, typer.Option(help="Model name.")] = None,
-        overrides: Annotated[str | None, typer.Option(help="Model overrides as JSON.")] = None,
-        steps: Annotated[
-            int | None,
-            typer.Option(
-                help="Steps per run: every entry trains steps x batch samples. [default: 1200]"
-            ),
-        ] = None,
-        minutes: Annotated[
-            float | None,
-            typer.Option(
-                help="A wall-clock budget instead: training minutes for the whole"
-                " arena, split evenly, converted into steps from measured step"
-                " times (so the steps depend on the machine)."
-            ),
-        ] = None,
-        budget: Annotated[
-            tuple[str, float] | None,
-            typer.Option(
-                help="KIND AMOUNT: 'samples N', 'flops X' (every entry trains X"
-                " training FLOPs, counted from the model) or 'minutes M'."
-            ),
-        ] = None,
-        resume: Annotated[
-            bool, typer.Option(help="Continue an interrupted arena: keep finished entries.")
-        ] = False,
-        seeds: Annotated[int, typer.Option(help="Runs per pattern.")] = 1,
-        batch_size: Annotated[
-            int | None, typer.Option(help="Samples (scenes for point data) per step. [default: 64]")
-        ] = None,
-        token_merging: Annotated[
-            list[int] | None,
-            typer.Option(help="Also run full attention with ToMe merging R tokens per block."),
-        ] = None,
-        keep_rate: Annotated[
-            list[float] | None,
-            typer.Option(help="Also run full attention with EViT keeping this rate of tokens."),
-        ] = None,
-        sizes: Annotated[
-            list[int] | None,
-            typer.Option(
-                help="The scale axis: the same arena on the task resized to each size"
-                " (pathfinder3d-16 at --sizes 16 24 32), one arena per size in"
-                " OUT/size-N, and a report of step time and accuracy against tokens."
-            ),
-        ] = None,
-        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("arena-results"),
-    ) -> None:
-        """Train one model with each pattern under the same budget; report accuracy vs cost.
-
-        With no arguments: the default arena (pathfinder2d-16, four patterns, about
-        12 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
-        """
-        from .arena import ArenaConfig, config_dict, run_arena
-        from .arena.report import summarize, write_outputs
-        from .tasks import load_data, load_task
-
-        config = ArenaConfig(
-            seeds=seeds,
-            out=out,
-            token_merging=list(token_merging or []),
-            keep_rates=list(keep_rate or []),
-        )
-        if task is not None or data is not None:
-            config.task, config.data = task, None if data is None else str(data)
-        if patterns:
-            config.patterns = patterns
-        if model is not None:
-            config.model, config.overrides = model, {}
-        if overrides is not None:
-            config.overrides = _overrides(overrides, fail)
-        if batch_size is not None:
-            config.batch_size = batch_size
-        if steps is not None:
-            config.steps = steps
-        if minutes is not None:
-            config.budget, config.minutes = "minutes", minutes
-        if budget is not None:
-            kind, amount = budget
-            config.budget = kind
-            if kind == "samples":
-                if not amount >= config.batch_size:
-                    fail(f"--budget samples {amount:g}: at least one batch of {config.batch_size}")
-                config.steps = int(amount // config.batch_size)
-            elif kind == "flops":
-                config.flops = amount
-            elif kind == "minutes":
-                config.minutes = amount
-        config.__post_init__()
-
-        def on_entry(done: int, total: int, spec: str, row: dict) -> None:
-            if not row:
-                console.print(f"[{done + 1}/{total}] training {spec} ...")
-            elif "error" in row:
-                console.print(f"  {spec}: failed: {row['error']}")
-            else:
-                s = row["score"]
-                console.print(
-                    f"  {spec}: {s['metric']} {100 * s['value']:.1f}%"
-                    f" ({100 * s['low']:.1f}-{100 * s['high']:.1f}), {row['steps']} steps,"
-                    f" {row['seconds']:.0f} s"
-                )
-
-        if sizes:
-            _sweep(config, list(sizes), resume, on_entry)
-            return
-        summary_data = load_data(config.data) if config.data else load_task(config.task)
-        console.print(summary_data.summary())
-
-        rows, notes = run_arena(config, on_entry, resume=resume)
-        console.print("measured the costs of every entry in interleaved rounds")
-        paths = write_outputs(rows, config_dict(config), out, summary_data.summary(), notes)
-        contention = notes.get("contention") or {}
-        if contention.get("loaded"):
-            console.print(f"note: the costs were measured under load (probe"
-                          f" {contention['probe_slowdown']:.2f}x slower, CPU share"
-                          f" {100 * contention['cpu_share']:.0f}%)")  # fmt: skip
-        for s in summarize(rows):
-            if "value" in s:
-                console.print(
-                    f"{s['pattern']:>24}: {100 * s['value']:.1f}%"
-                    f" ({100 * s['low']:.1f}-{100 * s['high']:.1f})"
-                )
-        console.print("wrote " + ", ".join(str(p) for p in paths))
+    register_arena(app, console, fail)

@@ -66,6 +66,9 @@ class ArenaConfig:
     seeds: int = 1
     batch_size: int = 64
     lr: float = 2e-3
+    #: Validate every this many steps (0: ten times per run); the test split is scored
+    #: once at the end either way.
+    eval_every: int = 0
     out: Path = Path("arena-results")
 
     def __post_init__(self) -> None:
@@ -81,6 +84,7 @@ class ArenaConfig:
             raise ValueError(f"keep_rates must be in (0, 1), got {self.keep_rates}")
         for name in ("seeds", "steps", "batch_size"):
             check_int(name, getattr(self, name), minimum=1)
+        check_int("eval_every", self.eval_every, minimum=0)
         if self.budget not in BUDGETS:
             raise UsageError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if self.budget == "minutes" and not (self.minutes is not None and 0 < self.minutes < 1e6):
@@ -107,6 +111,7 @@ class ArenaConfig:
             batch_size=self.batch_size,
             lr=self.lr,
             seed=seed,
+            eval_every=self.eval_every,
             eval_samples=500,
         )
 
@@ -126,6 +131,8 @@ def run_arena(
     config: ArenaConfig,
     on_entry: Callable[[int, int, str, dict], None] | None = None,
     resume: bool = False,
+    on_plan: Callable[[list[str]], None] | None = None,
+    dry_run: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and measure every (pattern, seed); returns (one row per run, the arena's
     notes: the budget per entry and the contention during the cost measurement).
@@ -135,6 +142,11 @@ def run_arena(
     ``out/runs/<pattern>-seed<seed>``, each with ``entry.json`` when it finished;
     ``resume`` keeps those (same settings required) and trains only the others. Ctrl-C
     stops and returns the finished rows.
+
+    Before training, every entry that will train is planned (``arena.plan``: a few
+    timed steps, the peak memory; an entry that would not fit is refused with a
+    ``UsageError``); ``on_plan`` gets the plan's lines and ``notes["plan"]`` its
+    totals. ``dry_run`` returns after the plan, with no rows and nothing written.
     """
     from ..tasks import load_task
 
@@ -148,6 +160,10 @@ def run_arena(
         steps = saved.get("entry_steps") if resume else None
         if steps is None or len(steps) != len(entries):
             steps = _steps(config, entries, notes)
+        if on_plan is not None or dry_run:
+            _plan(config, entries, steps, resume, notes, on_plan)
+        if dry_run:
+            return rows, notes
         _record(config, dict(saved, **config_dict(config), entry_steps=steps))
         for number, ((label, spec, extra), seed) in enumerate(entries):
             if on_entry is not None:
@@ -169,6 +185,35 @@ def run_arena(
                 on_entry(number + 1, len(entries), label, row)
         _measure_costs(rows, notes)
     return rows, notes
+
+
+def _plan(config: ArenaConfig, entries, steps, resume: bool, notes: dict[str, Any],
+          on_plan: Callable[[list[str]], None] | None) -> None:  # fmt: skip
+    """Plan the entries that will train (see ``run_arena``)."""
+    from .plan import arena_seconds, plan_lines
+
+    todo = []
+    for number, ((label, spec, extra), seed) in enumerate(entries):
+        train = dict(config.train_config(spec, seed, extra), steps=steps[number])
+        run_dir = config.out / "runs" / f"{_slug(label)}-seed{seed}"
+        if not (resume and _finished(run_dir, train)):
+            todo.append((f"{label} seed {seed}" if config.seeds > 1 else label, train))
+    if not todo:
+        return
+    planned = _run_worker("ndformer.arena.plan", dict(configs=[t for _, t in todo]))
+    if "refused" in planned:
+        raise UsageError(f"arena entry {todo[planned['entry']][0]}: {planned['refused']}")
+    if "error" in planned:
+        notes["plan_error"] = planned["error"]
+        if on_plan is not None:
+            on_plan([f"plan: could not measure the entries ({planned['error']})"])
+        return
+    plans = planned["plans"]
+    notes["plan"] = dict(seconds=arena_seconds(plans, COST_ROUNDS),
+                         peak_bytes=max(p["peak_bytes"] for p in plans))  # fmt: skip
+    if on_plan is not None:
+        labels = [label for label, _ in todo]
+        on_plan(plan_lines(labels, [t["steps"] for _, t in todo], plans, COST_ROUNDS))
 
 
 def _check_resume(config: ArenaConfig, resume: bool) -> dict[str, Any]:

@@ -52,11 +52,14 @@ def run_sweep(
     on_entry: Callable[[int, int, str, dict], None] | None = None,
     on_size: Callable[[int, str], None] | None = None,
     resume: bool = False,
+    on_plan: Callable[[list[str]], None] | None = None,
+    dry_run: bool = False,
 ) -> dict[int, tuple[list[dict[str, Any]], dict[str, Any], ArenaConfig]]:
     """Run ``config``'s arena once per size (``config.task`` resized, output in
     ``config.out / f"size-{n}"``); returns {size: (rows, notes, that size's config)}.
     Each size's report is written as soon as it finishes. Ctrl-C inside a size stops
-    the sweep after writing what finished."""
+    the sweep after writing what finished. ``on_plan`` and ``dry_run``: as in
+    ``run_arena``, per size (a dry run plans every size and trains none)."""
     from .report import write_outputs
 
     if not sizes:
@@ -69,7 +72,9 @@ def run_sweep(
         if on_size is not None:
             on_size(size, task)
         sized = dataclasses.replace(config, task=task, out=config.out / f"size-{size}")
-        rows, notes = run_arena(sized, on_entry, resume=resume)
+        rows, notes = run_arena(sized, on_entry, resume, on_plan, dry_run)
+        if dry_run:
+            continue
         write_outputs(rows, sweep_settings(sized), sized.out, task_summary(task), notes)
         results[size] = (rows, notes, sized)
         finished = sum(1 for r in rows if "error" not in r)
