@@ -99,6 +99,14 @@ struct Driver {
         if (t1 <= t0) return;  // tokens [t0, t1): blocks b0 .. b1 - 1 of VL tokens
         K::transpose(k + t0 * e, (T*)a.kt + t0, t1 - t0, e, np);
         K::transpose(v + t0 * ev, (T*)a.vt + t0, t1 - t0, ev, np);
+        // The columns past the chunk's tokens (read by the slots of masked lanes, whose
+        // zero probabilities must not meet a NaN or an infinity left in the scratch by an
+        // earlier call) and the VL in front of the first row are zeros.
+        if (t1 == count) {
+            T* kt = (T*)a.kt;
+            for (int64_t d = 0; d < e + ev; d++) memset(kt + d * np + count, 0, sizeof(T) * (np - count));
+        }
+        if (t0 == 0) memset((T*)a.kt - VL, 0, sizeof(T) * VL);
     }
 
     void zero(const Row<T>& a) const {

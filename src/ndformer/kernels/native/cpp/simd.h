@@ -15,8 +15,12 @@
 namespace ndf {
 
 // One SIMD register of the target: 64 bytes with AVX-512, 32 with AVX / AVX2, else 16
-// (SSE, NEON). Kernels size their register blocks from VL and REGISTERS.
-#if defined(__AVX512F__)
+// (SSE, NEON). Kernels size their register blocks from VL and REGISTERS. NDF_VECTOR_BYTES
+// and NDF_REGISTERS override both, so that one machine can run every other target's
+// blocking (the compiler splits wider vectors into the registers it has).
+#if defined(NDF_VECTOR_BYTES) && defined(NDF_REGISTERS)
+constexpr int VECTOR_BYTES = NDF_VECTOR_BYTES, REGISTERS = NDF_REGISTERS;
+#elif defined(__AVX512F__)
 constexpr int VECTOR_BYTES = 64, REGISTERS = 32;
 #elif defined(__AVX__)
 constexpr int VECTOR_BYTES = 32, REGISTERS = 16;
