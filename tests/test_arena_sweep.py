@@ -96,3 +96,41 @@ def test_sizes_must_differ():
     config = ArenaConfig(task="shapes3d-8")
     with pytest.raises(UsageError, match="each size once"):
         run_sweep(config, [8, 8])
+
+
+def test_the_arena_plans_every_entry_and_a_dry_run_trains_nothing(tmp_path):
+    from ndformer.arena import run_arena
+    from test_arena import tiny_arena
+
+    printed: list[str] = []
+    config = tiny_arena(tmp_path, "dry")
+    rows, notes = run_arena(config, on_plan=printed.extend, dry_run=True)
+    assert rows == [] and not config.out.exists()
+    assert printed[0] == "plan:" and printed[1].lstrip().startswith("full ")
+    assert "4 steps x" in printed[1] and "window(2)" in printed[2]
+    assert printed[-1].startswith("  in all   about")
+    assert notes["plan"]["seconds"] > 0 and notes["plan"]["peak_bytes"] > 2**20
+
+
+def test_an_arena_entry_that_would_not_fit_is_refused_before_training(tmp_path, monkeypatch):
+    import ndformer.train.plan as plan_module
+    from ndformer.arena.plan import plan_entries
+    from test_arena import tiny_arena
+
+    monkeypatch.setattr(plan_module, "available_memory", lambda: 1024)
+    config = tiny_arena(tmp_path)
+    configs = [config.train_config(spec, 0) for spec in config.patterns]
+    planned = plan_entries(configs)
+    assert planned["entry"] == 0 and "this run needs about" in planned["refused"]
+    assert "smaller --batch-size" in planned["refused"]
+
+
+def test_the_arena_estimate_adds_runs_workers_and_cost_rounds():
+    from ndformer.arena.plan import WORKER_SECONDS, arena_seconds, plan_lines
+
+    plans = [dict(seconds=60.0, step_seconds=0.5, peak_bytes=2**30),
+             dict(seconds=30.0, step_seconds=0.25, peak_bytes=2**29)]  # fmt: skip
+    assert arena_seconds(plans, 5) == pytest.approx(90 + 3 * WORKER_SECONDS + 6 * 0.75)
+    lines = plan_lines(["full", "window(4)"], [120, 120], plans, 5)
+    assert lines[1] == "  full       120 steps x 0.50 s, about 60 s, 1.0 GiB peak"
+    assert "at most 1.0 GiB at once" in lines[-1]

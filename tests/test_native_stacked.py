@@ -166,7 +166,7 @@ def test_scratch_past_the_tokens_is_never_read_unwritten(pattern, shape, dtype, 
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        assert_native_equals_dense(pattern, shape, heads=2, batch=1 + threads, dtype=dtype, e=8, ev=8)
+        assert_native_equals_dense(pattern, shape, 2, 1 + threads, dtype, e=8, ev=8)
     finally:
         torch.set_num_threads(saved)
 

@@ -57,7 +57,7 @@ def register_arena(app: typer.Typer, console, fail) -> None:
         steps: Annotated[
             int | None,
             typer.Option(
-                help="Steps per run: every entry trains steps x batch samples. [default: 1200]"
+                help="Steps per run: every entry trains steps x batch samples. [default: 900]"
             ),
         ] = None,
         minutes: Annotated[
@@ -109,7 +109,7 @@ def register_arena(app: typer.Typer, console, fail) -> None:
         """Train one model with each pattern under the same budget; report accuracy vs cost.
 
         With no arguments: the default arena (pathfinder2d-16, four patterns, about
-        12 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
+        9 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
         """
         from .arena import ArenaConfig, config_dict, run_arena
         from .arena.report import summarize, write_outputs

@@ -187,6 +187,10 @@ def write_report(
         "",
     ]  # fmt: skip
     lines += [*_contention_text(notes), ""]
+    if notes.get("seconds"):
+        planned = (notes.get("plan") or {}).get("seconds")
+        lines += [f"The arena took {notes['seconds'] / 60:.1f} minutes"
+                  + (f" (its plan said {planned / 60:.1f})." if planned else "."), ""]  # fmt: skip
     seed_col = " | test-set CI" if seeds > 1 else ""
     lines += [
         f"| pattern | metric (95% CI){seed_col} | steps | train step ms | train samples/s"
