@@ -161,8 +161,11 @@ def test_every_slot_kind_matches_dense(monkeypatch, pattern, shape, kinds, dtype
     native.lane_plan.cache_clear()
     grid = Grid(shape)
     rules = tuple(pattern.axis_rules(grid))
-    plan = native.lane_plan(rules, shape, native.native_lanes(dtype))
-    if kinds is not None:
+    vl = native.native_lanes(dtype)
+    plan = native.lane_plan(rules, shape, vl)
+    # With 2 lanes (float64 on 16-byte SIMD: NEON, SSE) a clamped border tile's lanes share
+    # their keys (BCAST, not PERM): the kinds are those of 4 lanes or more.
+    if kinds is not None and vl >= 4:
         assert kinds <= set(np.unique(plan.kind).tolist())
     lanes_only = native.NativePlan(None, plan, native.empty_stack(plan.tiles, plan.lanes))
     q, k, v = qkv(grid.num_tokens, 2, 2, dtype=dtype)
