@@ -40,7 +40,9 @@ def outcome(rows):
 
 
 def test_two_runs_give_the_same_steps_and_scores(tmp_path):
+    wall = time.perf_counter()
     first, notes = run_arena(tiny_arena(tmp_path, "a"))
+    wall = time.perf_counter() - wall
     second, _ = run_arena(tiny_arena(tmp_path, "b"))
     assert outcome(first) == outcome(second)
     assert [r["steps"] for r in first] == [4, 4] and notes["samples"] == 32
@@ -50,6 +52,7 @@ def test_two_runs_give_the_same_steps_and_scores(tmp_path):
     contention = notes["contention"]
     assert contention["probe_slowdown"] >= 1 and contention["cpu_share"] > 0
     assert contention["rounds"] == 5 and isinstance(contention["loaded"], bool)
+    assert wall - 1 < notes["seconds"] <= wall  # the whole arena's time, not its last entry's
     config = tiny_arena(tmp_path, "a")
     write_outputs(first, config_dict(config), config.out, "blobs", notes)
     report = (config.out / "report.md").read_text()

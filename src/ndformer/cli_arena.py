@@ -109,7 +109,7 @@ def register_arena(app: typer.Typer, console, fail) -> None:
         """Train one model with each pattern under the same budget; report accuracy vs cost.
 
         With no arguments: the default arena (pathfinder2d-16, four patterns, about
-        9 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
+        7 minutes on 2 CPU cores). Writes report.md, results.csv and pareto.png.
         """
         from .arena import ArenaConfig, config_dict, run_arena
         from .arena.report import summarize, write_outputs

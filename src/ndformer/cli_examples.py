@@ -41,7 +41,7 @@ Examples:
 EXAMPLES_ARENA = """
 Examples:
 
-  ndformer arena                               (the default arena, about 9 minutes on 2 cores)
+  ndformer arena                               (the default arena, about 7 minutes on 2 cores)
 
   ndformer arena --task pathfinder2d-32 --patterns full "window(8)" "neighborhood(7)" --minutes 30
 
