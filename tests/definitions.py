@@ -23,16 +23,19 @@ def window_ok(q, k, length, size, shift, dilation):
     return cq // span == ck // span and cq % dilation == ck % dilation
 
 
-def neighborhood_ok(q, k, length, kernel, dilation, causal):
+def neighborhood_ok(q, k, length, kernel, dilation, causal, stride=1):
     if q % dilation != k % dilation:
         return False
     jq, jk = q // dilation, k // dilation
-    if causal:
-        return jk <= jq and jq - jk < kernel
     group_length = math.ceil((length - q % dilation) / dilation)
+    group_start = jq - jq % stride  # the stride group shares the window of its leader
+    if causal:
+        leader = min(group_start + stride - 1, group_length - 1)
+        return jk <= jq and leader - jk < kernel
+    leader = min(group_start + stride // 2, group_length - 1)
     left = kernel // 2
     right = kernel // 2 - (1 if kernel % 2 == 0 else 0)
-    centre = min(max(jq, left), group_length - 1 - right)
+    centre = min(max(leader, left), group_length - 1 - right)
     return centre - left <= jk <= centre + right
 
 
@@ -51,16 +54,17 @@ def allowed(spec, qc, kc, shape, head):
             )
         )
     if kind == "neighborhood":
-        _, kernel, dilation, causal = spec
+        _, kernel, dilation, causal, stride = spec
         return all(
-            neighborhood_ok(q, k, n, kk, d, c)
-            for q, k, n, kk, d, c in zip(
+            neighborhood_ok(q, k, n, kk, d, c, s)
+            for q, k, n, kk, d, c, s in zip(
                 qc,
                 kc,
                 shape,
                 per_axis(kernel, ndim),
                 per_axis(dilation, ndim),
                 per_axis(causal, ndim),
+                per_axis(stride, ndim),
             )
         )
     if kind == "stripe":

@@ -49,8 +49,11 @@ def neighborhoods(draw, shape):
         kernels.append(draw(st.integers(1, n // d)))
     kernel, dilation = _int_or_tuple(draw, kernels), _int_or_tuple(draw, dilations)
     causal = draw(st.booleans() | st.tuples(*[st.booleans() for _ in shape]))
-    spec = ("neighborhood", kernel, dilation, causal)
-    return spec, P.Neighborhood(kernel, dilation=dilation, causal=causal)
+    # a stride (stride groups sharing one window) in about a third of the draws
+    strides = [draw(st.integers(1, k)) if draw(st.integers(0, 2)) == 0 else 1 for k in kernels]
+    stride = _int_or_tuple(draw, strides)
+    spec = ("neighborhood", kernel, dilation, causal, stride)
+    return spec, P.Neighborhood(kernel, dilation=dilation, causal=causal, stride=stride)
 
 
 @st.composite

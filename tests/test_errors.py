@@ -108,6 +108,8 @@ def _qkv(b=1, h=2, n=16, d=4):
         ),
         (_qkv(), _qkv(n=12), _qkv(), r"N = 16 tokens .* k \(1, 2, 12, 4\)"),
         (_qkv(h=2), _qkv(h=3), _qkv(h=2), "same number of heads"),
+        (_qkv(h=4), _qkv(h=3), _qkv(h=3), r"q's or a divisor of it .* k \(1, 3, 16, 4\)"),
+        (_qkv(h=4), _qkv(h=2), _qkv(h=1), r"same number of heads.* v \(1, 1, 16, 4\)"),
         (_qkv(b=2), _qkv(b=1), _qkv(b=2), "same batch size"),
         (_qkv(d=4), _qkv(d=8), _qkv(d=4), "same head_dim"),
         (

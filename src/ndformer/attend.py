@@ -43,8 +43,11 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
             raise ValueError(f"{name} must be a 4-D tensor [B, heads, N, head_dim]; got {shapes}")
     if not (q.shape[0] == k.shape[0] == v.shape[0]):
         raise ValueError(f"q, k and v must have the same batch size; got {shapes}")
-    if not (q.shape[1] == k.shape[1] == v.shape[1]):
-        raise ValueError(f"q, k and v must have the same number of heads; got {shapes}")
+    if k.shape[1] != v.shape[1] or k.shape[1] < 1 or q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"k and v must have the same number of heads, q's or a divisor of it (grouped-query"
+            f" attention); got {shapes}"
+        )
     n = layout.num_tokens
     if not (q.shape[2] == k.shape[2] == v.shape[2] == n):
         raise ValueError(
@@ -85,8 +88,11 @@ def attend(
     """Attention of q over k, v restricted to the pairs ``pattern`` allows on ``layout``.
 
     Args:
-        q, k: [B, heads, N, head_dim]; v: [B, heads, N, head_dim_v], tokens in the
-            layout's order (row-major over the grid).
+        q: [B, heads, N, head_dim]; k: [B, kv_heads, N, head_dim]; v: [B, kv_heads, N,
+            head_dim_v], tokens in the layout's order (row-major over the grid).
+            ``kv_heads`` is ``heads`` or a divisor of it (grouped-query attention: query
+            head h attends with key/value head ``h // (heads // kv_heads)``, as
+            ``F.scaled_dot_product_attention(..., enable_gqa=True)``).
         pattern: a ``Pattern`` or a spec string (``"neighborhood(7)"``).
         layout: a ``Grid`` (or its shape) or sparse ``Points`` with ``num_tokens == N``;
             on points, attention never crosses scenes.
@@ -106,6 +112,9 @@ def attend(
     layout = as_layout(layout)
     pattern = parse_pattern(pattern)
     _check_inputs(q, k, v, layout)
+    if k.shape[1] != q.shape[1]:  # grouped-query: each key/value head serves its group
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     pattern.check(layout)

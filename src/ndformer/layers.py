@@ -26,7 +26,9 @@ class Attention(nn.Module):
     the RoPE split of ``head_dim`` is validated at construction instead of at the
     first call. ``qk_dim`` (default ``dim``) sets the query/key channels over all
     heads independently of the value channels: smaller ``qk_dim`` compresses the
-    score computation (S2AFormer-style channel compression).
+    score computation (S2AFormer-style channel compression). ``kv_heads`` (default
+    ``heads``, a divisor of it) gives keys and values fewer heads than queries
+    (grouped-query attention: consecutive query heads share one key/value head).
     """
 
     def __init__(
@@ -41,21 +43,30 @@ class Attention(nn.Module):
         rope_base: float = 10000.0,
         backend: BackendName = "auto",
         qk_dim: int | None = None,
+        kv_heads: int | None = None,
     ) -> None:
         super().__init__()
         check_int("Attention dim", dim, minimum=1)
         check_int("Attention heads", heads, minimum=1)
+        if kv_heads is None:
+            kv_heads = heads
+        check_int("Attention kv_heads", kv_heads, minimum=1)
+        if heads % kv_heads:
+            raise ValueError(f"Attention kv_heads={kv_heads} must divide heads={heads}")
         qk_dim = dim if qk_dim is None else check_int("Attention qk_dim", qk_dim, minimum=1)
         for name, value in (("dim", dim), ("qk_dim", qk_dim)):
             if value % heads:
                 raise ValueError(f"Attention {name}={value} must be divisible by heads={heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.qk_dim, self.qk_head_dim = qk_dim, qk_dim // heads
+        self.kv_heads = kv_heads
+        # channels of q, k, v over all their heads
+        self.widths = (qk_dim, kv_heads * self.qk_head_dim, kv_heads * self.head_dim)
         self.pattern = parse_pattern(pattern)
         self.rope, self.rope_base, self.backend = rope, rope_base, backend
         if rope and ndim is not None:
             RoPE(self.qk_head_dim, ndim, rope_base)
-        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, sum(self.widths), bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, points: Points | None = None) -> torch.Tensor:
@@ -78,9 +89,12 @@ class Attention(nn.Module):
         return out.reshape(x.shape)
 
     def heads_of(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """tokens [B, N, dim] -> q, k [B, heads, N, qk_head_dim], v [B, heads, N, head_dim]."""
-        q, k, v = self.qkv(tokens).split((self.qk_dim, self.qk_dim, self.dim), dim=-1)
-        return tuple(part.unflatten(-1, (self.heads, -1)).transpose(1, 2) for part in (q, k, v))
+        """tokens [B, N, dim] -> q [B, heads, N, qk_head_dim], k [B, kv_heads, N,
+        qk_head_dim], v [B, kv_heads, N, head_dim]."""
+        parts = self.qkv(tokens).split(self.widths, dim=-1)
+        heads = (self.heads, self.kv_heads, self.kv_heads)
+        pairs = zip(parts, heads, strict=True)
+        return tuple(x.unflatten(-1, (h, -1)).transpose(1, 2) for x, h in pairs)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions) -> tuple[torch.Tensor, ...]:
         """RoPE on q and k at ``positions``: a ``Grid`` (its coordinates; the tables are
@@ -125,6 +139,8 @@ class Attention(nn.Module):
             )
         q, k, v = self.heads_of(x)
         q, k = self.rotate(q, k, positions)
+        if self.kv_heads != self.heads:  # every query head with its group's key/value head
+            k, v = (x.repeat_interleave(self.heads // self.kv_heads, dim=1) for x in (k, v))
         bias = sizes.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         attention = _received_attention(q, k, bias, sizes) if received else None
@@ -132,7 +148,9 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         qk = f", qk_dim={self.qk_dim}" if self.qk_dim != self.dim else ""
-        return f"dim={self.dim}{qk}, heads={self.heads}, pattern={self.pattern!r}, rope={self.rope}"
+        kv = f", kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
+        return (f"dim={self.dim}{qk}, heads={self.heads}{kv}, pattern={self.pattern!r},"
+                f" rope={self.rope}")  # fmt: skip
 
 
 def _received_attention(

@@ -91,23 +91,29 @@ class PartitionRule(AxisRule):
 
 @dataclass(frozen=True)
 class NeighborhoodRule(AxisRule):
-    """Neighborhood attention on one axis (NATTEN semantics, stride 1); see ``Neighborhood``."""
+    """Neighborhood attention on one axis (NATTEN semantics, with its stride); see
+    ``Neighborhood``."""
 
     kernel: int
     dilation: int = 1
     causal: bool = False
+    stride: int = 1
     needs_grid = True
 
     def allowed(self, q: torch.Tensor, k: torch.Tensor, length: int) -> torch.Tensor:
-        d, kernel = self.dilation, self.kernel
+        d, kernel, s = self.dilation, self.kernel, self.stride
         same_group = (q % d) == (k % d)
         jq, jk = q // d, k // d
-        if self.causal:
-            return same_group & (jk <= jq) & (jq - jk < kernel)
         group_length = (length - q % d + d - 1) // d
+        # the query whose window the stride group shares: the last of the group (causal)
+        # or its centre (right of centre for an even stride), clipped to the axis
+        first = (jq // s) * s
+        leader = torch.minimum(first + (s - 1 if self.causal else s // 2), group_length - 1)
+        if self.causal:
+            return same_group & (jk <= jq) & (leader - jk < kernel)
         left = kernel // 2
         right = kernel // 2 - (1 if kernel % 2 == 0 else 0)
-        centre = torch.minimum(torch.clamp(jq, min=left), group_length - 1 - right)
+        centre = torch.minimum(torch.clamp(leader, min=left), group_length - 1 - right)
         return same_group & (centre - left <= jk) & (jk <= centre + right)
 
     def query_groups(self, length: int, tile: int) -> list[torch.Tensor]:

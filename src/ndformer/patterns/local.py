@@ -136,55 +136,70 @@ class Causal(Separable):
 @register("neighborhood")
 @dataclass(frozen=True, repr=False)
 class Neighborhood(Separable):
-    """Neighborhood attention (NATTEN semantics with stride 1), per axis:
+    """Neighborhood attention (NATTEN semantics, generalized with its ``stride``), per axis:
 
     - only keys of the query's dilation group: ``q % dilation == k % dilation``;
     - within the group (index ``j = c // dilation``, group length
-      ``Lg = ceil((L - c % dilation) / dilation)``) the window has
-      ``left = kernel // 2`` and ``right = kernel // 2 - (1 if kernel is even else 0)``;
-      its centre is ``clamp(j, left, Lg - 1 - right)``; attend iff
-      ``centre - left <= k // dilation <= centre + right``. So every query sees
-      exactly ``kernel`` keys per axis: windows shift inward at borders;
-    - causal axes: ``k // d <= q // d`` and ``q // d - k // d < kernel``.
+      ``Lg = ceil((L - c % dilation) / dilation)``) queries fall into stride groups of
+      ``stride`` consecutive indices, and every query of a group takes the window of the
+      group's leader ``a``: its centre ``(j // stride) * stride + stride // 2`` (right of
+      centre for an even stride), at most ``Lg - 1``. The window has ``left = kernel // 2``
+      and ``right = kernel // 2 - (1 if kernel is even else 0)``; its centre is
+      ``clamp(a, left, Lg - 1 - right)``; attend iff ``centre - left <= k // dilation <=
+      centre + right``. So every query sees exactly ``kernel`` keys per axis: windows shift
+      inward at borders. With ``stride == kernel`` (odd) the windows do not overlap;
+    - causal axes: the leader is the group's last index (at most ``Lg - 1``); attend iff
+      ``k // d <= q // d`` and ``a - k // d < kernel``.
 
-    ``kernel * dilation`` larger than an axis is a ``ValueError``. ``kernel``,
-    ``dilation`` and ``causal`` take one value or a per-axis tuple.
+    ``kernel * dilation`` larger than an axis, or ``stride`` outside ``1..kernel``, is a
+    ``ValueError``. ``kernel``, ``dilation``, ``causal`` and ``stride`` take one value or a
+    per-axis tuple; ``stride=1`` is plain neighborhood attention.
     """
 
     kernel: IntOrTuple
     dilation: IntOrTuple = 1
     causal: bool | tuple[bool, ...] = False
+    stride: IntOrTuple = 1
 
     def __init__(
         self,
         kernel: IntOrTuple,
         dilation: IntOrTuple = 1,
         causal: bool | tuple[bool, ...] = False,
+        stride: IntOrTuple = 1,
     ) -> None:
         object.__setattr__(self, "kernel", check_per_axis("Neighborhood kernel", kernel, minimum=1))
         object.__setattr__(
             self, "dilation", check_per_axis("Neighborhood dilation", dilation, minimum=1)
         )
         object.__setattr__(self, "causal", check_bool_per_axis("Neighborhood causal", causal))
+        object.__setattr__(self, "stride", check_per_axis("Neighborhood stride", stride, minimum=1))
 
     def axis_rules(self, layout: Grid) -> tuple[AxisRule, ...]:
         n = layout.ndim
         kernels = per_axis("Neighborhood kernel", self.kernel, n)
         dilations = per_axis("Neighborhood dilation", self.dilation, n)
         causals = per_axis("Neighborhood causal", self.causal, n)
-        for axis, (kernel, dilation, length) in enumerate(
-            zip(kernels, dilations, layout.shape, strict=True)
+        strides = per_axis("Neighborhood stride", self.stride, n)
+        for axis, (kernel, dilation, stride, length) in enumerate(
+            zip(kernels, dilations, strides, layout.shape, strict=True)
         ):
             if kernel * dilation > length:
                 raise ValueError(
                     f"Neighborhood kernel * dilation = {kernel} * {dilation} = {kernel * dilation}"
                     f" exceeds axis {axis} of length {length} (layout shape {layout.shape})"
                 )
+            if stride > kernel:
+                raise ValueError(
+                    f"Neighborhood stride {stride} exceeds the kernel {kernel} on axis {axis}"
+                    f" (layout shape {layout.shape}): a stride group must share one window"
+                )
         return tuple(
-            NeighborhoodRule(kernel=k, dilation=d, causal=c)
-            for k, d, c in zip(kernels, dilations, causals, strict=True)
+            NeighborhoodRule(kernel=k, dilation=d, causal=c, stride=s)
+            for k, d, c, s in zip(kernels, dilations, causals, strides, strict=True)
         )
 
     def __repr__(self) -> str:
-        kwargs = _non_default(dilation=(self.dilation, 1), causal=(self.causal, False))
+        kwargs = _non_default(dilation=(self.dilation, 1), causal=(self.causal, False),
+                              stride=(self.stride, 1))  # fmt: skip
         return format_call("neighborhood", (self.kernel,), kwargs)

@@ -98,13 +98,14 @@ _KINDS = {AllRule: 0, PartitionRule: 1, NeighborhoodRule: 2, CausalRule: 3}
 
 
 def encode_rules(rules: tuple[AxisRule, ...]) -> list[int]:
-    """Four integers per axis: the rule's kind and its arguments (``decode_rules`` undoes)."""
+    """Four integers per axis: the rule's kind and its arguments (``decode_rules`` undoes);
+    a neighborhood's third is ``2 * stride + causal``."""
     codes: list[int] = []
     for rule in rules:
         if isinstance(rule, PartitionRule):
             args = (rule.block, rule.dilation, rule.shift)
         elif isinstance(rule, NeighborhoodRule):
-            args = (rule.kernel, rule.dilation, int(rule.causal))
+            args = (rule.kernel, rule.dilation, 2 * rule.stride + int(rule.causal))
         else:
             args = (0, 0, 0)
         codes += [_KINDS[type(rule)], *args]
@@ -119,7 +120,7 @@ def decode_rules(codes: list[int]) -> tuple[AxisRule, ...]:
         if kind == 1:
             rules.append(PartitionRule(block=a, dilation=b, shift=c))
         elif kind == 2:
-            rules.append(NeighborhoodRule(kernel=a, dilation=b, causal=bool(c)))
+            rules.append(NeighborhoodRule(kernel=a, dilation=b, causal=bool(c & 1), stride=c >> 1))
         else:
             rules.append(CausalRule() if kind == 3 else AllRule())
     return tuple(rules)
