@@ -17,6 +17,14 @@ def manual_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
     e = module.qk_dim
     q, k, v = qkv[..., :e], qkv[..., e : 2 * e], qkv[..., 2 * e :]
     q, k, v = (t.reshape(b, t.shape[1], module.heads, -1).transpose(1, 2) for t in (q, k, v))
+    if module.qk_norm:  # per head and token: zero mean, unit variance, then scale and shift
+
+        def normalize(t, norm):
+            centred = t - t.mean(-1, keepdim=True)
+            scaled = centred / (centred.square().mean(-1, keepdim=True) + norm.eps).sqrt()
+            return scaled * norm.weight + norm.bias
+
+        q, k = normalize(q, module.q_norm), normalize(k, module.k_norm)
     rope = RoPE(module.qk_head_dim, grid.ndim)
     q, k = rope(q, grid.coords), rope(k, grid.coords)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=module.pattern.mask(grid, module.heads))
@@ -33,12 +41,18 @@ def manual_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
     ],
     ids=str,
 )
-@pytest.mark.parametrize("qk_fraction", [1.0, 0.5])
-def test_attention_equals_its_dense_definition(shape, pattern, qk_fraction):
+@pytest.mark.parametrize(("qk_fraction", "qk_norm"), [(1.0, False), (0.5, False), (0.5, True)])
+def test_attention_equals_its_dense_definition(shape, pattern, qk_fraction, qk_norm):
     torch.manual_seed(0)
     ndim = len(shape)
     qk_dim = int(8 * ndim * qk_fraction)  # 0.5: compressed query/key channels (S2AFormer)
-    module = Attention(8 * ndim, heads=2, pattern=pattern, qk_dim=qk_dim).double()
+    module = Attention(8 * ndim, heads=2, pattern=pattern, qk_dim=qk_dim, qk_norm=qk_norm)
+    module = module.double()
+    if qk_norm:  # affine parameters away from their identity start, so that they count
+        for norm in (module.q_norm, module.k_norm):
+            torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+            torch.nn.init.normal_(norm.bias, 0.0, 0.5)
+        assert "qk_norm=True" in repr(module)
     assert module.qkv.out_features == 2 * qk_dim + 8 * ndim
     x = torch.randn(2, *shape, 8 * ndim, dtype=torch.float64, requires_grad=True)
     out = module(x)

@@ -29,6 +29,9 @@ class Attention(nn.Module):
     score computation (S2AFormer-style channel compression). ``kv_heads`` (default
     ``heads``, a divisor of it) gives keys and values fewer heads than queries
     (grouped-query attention: consecutive query heads share one key/value head).
+    ``qk_norm=True`` normalizes every head's queries and keys with a LayerNorm over its
+    channels (one per q and k, shared by the heads) before RoPE, as ViT-22B and the Volume
+    Transformer do to keep the logits bounded.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class Attention(nn.Module):
         backend: BackendName = "auto",
         qk_dim: int | None = None,
         kv_heads: int | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         check_int("Attention dim", dim, minimum=1)
@@ -67,6 +71,9 @@ class Attention(nn.Module):
         if rope and ndim is not None:
             RoPE(self.qk_head_dim, ndim, rope_base)
         self.qkv = nn.Linear(dim, sum(self.widths), bias=qkv_bias)
+        self.qk_norm = bool(qk_norm)
+        norm = nn.LayerNorm if self.qk_norm else nn.Identity
+        self.q_norm, self.k_norm = norm(self.qk_head_dim), norm(self.qk_head_dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, points: Points | None = None) -> torch.Tensor:
@@ -90,11 +97,12 @@ class Attention(nn.Module):
 
     def heads_of(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens [B, N, dim] -> q [B, heads, N, qk_head_dim], k [B, kv_heads, N,
-        qk_head_dim], v [B, kv_heads, N, head_dim]."""
+        qk_head_dim], v [B, kv_heads, N, head_dim] (q and k normalized with ``qk_norm``)."""
         parts = self.qkv(tokens).split(self.widths, dim=-1)
         heads = (self.heads, self.kv_heads, self.kv_heads)
         pairs = zip(parts, heads, strict=True)
-        return tuple(x.unflatten(-1, (h, -1)).transpose(1, 2) for x, h in pairs)
+        q, k, v = (x.unflatten(-1, (h, -1)).transpose(1, 2) for x, h in pairs)
+        return self.q_norm(q), self.k_norm(k), v
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, positions) -> tuple[torch.Tensor, ...]:
         """RoPE on q and k at ``positions``: a ``Grid`` (its coordinates; the tables are
@@ -149,6 +157,7 @@ class Attention(nn.Module):
     def extra_repr(self) -> str:
         qk = f", qk_dim={self.qk_dim}" if self.qk_dim != self.dim else ""
         kv = f", kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
+        kv += ", qk_norm=True" if self.qk_norm else ""
         return (f"dim={self.dim}{qk}, heads={self.heads}{kv}, pattern={self.pattern!r},"
                 f" rope={self.rope}")  # fmt: skip
 
