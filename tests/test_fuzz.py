@@ -31,6 +31,9 @@ SPECS = [
     "pooled(4)",
 ]
 ALPHABET = "()|&,=._-+*'\"[]{}0123456789 abcdefghijklmnopqrstuvwxyz"
+#: Longest mutated spec: four times the parser's limit. Six unbounded repeats of up to 400
+#: times once built a string of terabytes (CI's suite was OOM-killed generating it).
+MAX_TEXT = 8000
 
 
 @st.composite
@@ -47,8 +50,10 @@ def mutated_specs(draw) -> str:
             text = text[:i] + text[i + 1 :]
         elif kind == "replace":
             text = text[:i] + char + text[i + 1 :]
-        else:
-            text = text[:i] + text[i:] * draw(st.integers(2, 400))
+        else:  # repeated, up to MAX_TEXT characters (past the parser's length limit)
+            piece, times = text[i:], draw(st.integers(2, 400))
+            times = min(times, max(1, (MAX_TEXT - i) // max(1, len(piece))))
+            text = text[:i] + piece * times
     return text
 
 
