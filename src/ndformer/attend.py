@@ -66,6 +66,16 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Gri
         )
 
 
+def expand_kv(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention's key/value heads for ``heads`` query heads: k, v [B, kv_heads,
+    N, E] -> [B, heads, N, E], key/value head ``h // (heads // kv_heads)`` for query head h
+    (unchanged when ``kv_heads == heads``)."""
+    if k.shape[1] == heads:
+        return k, v
+    group = heads // k.shape[1]
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
 def _tile(tile: int | tuple[int, ...] | None, layout: Grid) -> tuple[int, ...]:
     """Query tile length per axis: the given sizes, else about TILE_TOKENS tokens in all."""
     if tile is None:
@@ -112,9 +122,7 @@ def attend(
     layout = as_layout(layout)
     pattern = parse_pattern(pattern)
     _check_inputs(q, k, v, layout)
-    if k.shape[1] != q.shape[1]:  # grouped-query: each key/value head serves its group
-        group = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    k, v = expand_kv(k, v, q.shape[1])
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     pattern.check(layout)

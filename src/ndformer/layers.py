@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_int
-from .attend import BackendName, attend
+from .attend import BackendName, attend, expand_kv
 from .layout import Grid, Points
 from .patterns import Full, Pattern
 from .patterns import pattern as parse_pattern
@@ -147,8 +147,7 @@ class Attention(nn.Module):
             )
         q, k, v = self.heads_of(x)
         q, k = self.rotate(q, k, positions)
-        if self.kv_heads != self.heads:  # every query head with its group's key/value head
-            k, v = (x.repeat_interleave(self.heads // self.kv_heads, dim=1) for x in (k, v))
+        k, v = expand_kv(k, v, self.heads)  # every query head with its group's k, v head
         bias = sizes.log().to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         attention = _received_attention(q, k, bias, sizes) if received else None

@@ -104,7 +104,8 @@ struct Driver {
         // earlier call) and the VL in front of the first row are zeros.
         if (t1 == count) {
             T* kt = (T*)a.kt;
-            for (int64_t d = 0; d < e + ev; d++) memset(kt + d * np + count, 0, sizeof(T) * (np - count));
+            for (int64_t d = 0; d < e + ev; d++)
+                memset(kt + d * np + count, 0, sizeof(T) * (np - count));
         }
         if (t0 == 0) memset((T*)a.kt - VL, 0, sizeof(T) * VL);
     }
