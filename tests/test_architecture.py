@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"layout"},
     {"patterns"},
     {"kernels"},
-    {"attend", "backends"},
+    {"attend", "backends", "choice"},
     {"layers", "position", "point_tokens"},
     {"models"},
     {"tasks", "viz"},

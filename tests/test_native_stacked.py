@@ -28,7 +28,7 @@ if native.compiler() is None:  # pragma: no cover - every CI machine has g++
     pytest.skip("no C++ compiler: the native kernels cannot be built", allow_module_level=True)
 
 from test_native import (
-    TOLERANCE,
+    assert_matches_reference,
     assert_native_equals_dense,
     dense,
     poisoned_allocations,
@@ -84,9 +84,7 @@ def test_stacked_neighborhoods_match_dense(data):
     q, k, v = qkv(grid.num_tokens, rows[1], rows[0], e, ev, dtype,
                   data.draw(st.integers(0, 99), label="seed"))  # fmt: skip
     got = values_and_grads(lambda *x: run_plan(native.NativePlan(None, plan, stack), *x), q, k, v)
-    expected = values_and_grads(dense(pattern, grid, rows[1]), q, k, v)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
-        torch.testing.assert_close(a, b, **TOLERANCE[dtype], msg=lambda m, n=name: f"{n}: {m}")
+    assert_matches_reference(got, dense(pattern, grid, rows[1]), q, k, v)
 
 
 @pytest.mark.parametrize(
@@ -201,9 +199,7 @@ def test_groups_of_points_match_dense(n, group, scenes, dtype, seed):
     q, k, v = qkv(n, 2, 1, 6, 4, dtype, seed)
     with poisoned_allocations():
         got = values_and_grads(lambda *x: attend(*x, pattern, points, backend="native"), q, k, v)
-    expected = values_and_grads(dense(pattern, points, 2), q, k, v)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, **TOLERANCE[dtype])
+    assert_matches_reference(got, dense(pattern, points, 2), q, k, v)
 
 
 @given(data=st.data())
@@ -214,9 +210,7 @@ def test_windows_on_points_match_dense(data):
     q, k, v = qkv(n, 1)
     with poisoned_allocations():
         got = values_and_grads(lambda *x: attend(*x, pattern, points), q, k, v)
-    expected = values_and_grads(dense(pattern, points, 1), q, k, v)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, **TOLERANCE[torch.float64])
+    assert_matches_reference(got, dense(pattern, points, 1), q, k, v)
 
 
 # -- the tests can fail ---------------------------------------------------------------------

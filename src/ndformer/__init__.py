@@ -4,7 +4,8 @@ The public API:
 
 - layouts: ``Grid``, sparse ``Points``; ``serialize`` (space-filling-curve codes)
 - patterns: ``ndformer.patterns`` (``Window``, ``Neighborhood``, ...), ``pattern(spec)``
-- ``attend(q, k, v, pattern, layout)``: attention under a pattern, fast and exact
+- ``attend(q, k, v, pattern, layout)``: attention under a pattern, fast and exact;
+  ``merge_attentions`` combines (output, log-sum-exp) pairs over disjoint key sets
 - models: ``create_model(name, **overrides)``, ``list_models()``, ``load(run_dir)``
 - modules: ``RoPE``, ``PatchEmbed``, ``Attention``, ``Block``; ``patchify`` / ``unpatchify``
 """
@@ -13,6 +14,7 @@ from . import patterns
 from ._version import __version__
 from .attend import attend
 from .curves import serialize
+from .kernels.merge import merge_attentions
 from .layers import Attention, Block, DropPath, Mlp
 from .layout import Grid, Points
 from .models import create_model, list_models
@@ -39,6 +41,7 @@ __all__ = [
     "list_models",
     "list_patterns",
     "load",
+    "merge_attentions",
     "patchify",
     "pattern",
     "patterns",

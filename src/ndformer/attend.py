@@ -8,9 +8,10 @@ from typing import Literal
 
 import torch
 
-from . import backends
+from . import backends, choice
 from ._checks import check_per_axis, needs_grad, per_axis
 from .backends import Call
+from .kernels.merge import masked_attention_lse, merge_attentions
 from .layout import Grid, Points, as_layout
 from .patterns import HeadSplit, Pattern
 from .patterns import pattern as parse_pattern
@@ -94,7 +95,10 @@ def attend(
     scale: float | None = None,
     backend: BackendName = "auto",
     tile: int | tuple[int, ...] | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over k, v restricted to the pairs ``pattern`` allows on ``layout``.
 
     Args:
@@ -108,41 +112,82 @@ def attend(
             on points, attention never crosses scenes.
         scale: logit scale, default ``1 / sqrt(head_dim)``.
         backend: ``"auto"`` takes, per call, the first backend of
-            ``backends.AUTO_ORDER`` for the inputs' device that supports the call; a
+            ``choice.AUTO_ORDER`` for the inputs' device that supports the call; a
             backend name (``"native"``, ``"tiled"``, ``"blocksparse"``, ``"flex"``,
             ``"reference"``, ...; see ``backends.BACKENDS``) runs that one or raises a
             ``ValueError`` with the reason it cannot.
         tile: query tile size per axis (int or tuple) for the tiled and block-sparse
             paths; a tuning knob that never changes the result.
+        return_lse: also return the log-sum-exp of every query's allowed scores,
+            ``lse[b, h, i] = log sum_j exp(scale * q_i . k_j)`` [B, heads, N] (float32 for
+            half inputs), differentiable; ``merge_attentions`` combines such pairs.
+        extra_k, extra_v: [B, kv_heads, T, head_dim] and [B, kv_heads, T, head_dim_v]:
+            T extra tokens (CLS, registers, a global summary) that every query also sees,
+            in the same softmax as the pattern's keys (NATTEN's additional keys).
 
     Returns [B, heads, N, head_dim_v], equal to
     ``F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.mask(layout, heads))``
-    (for patterns over new keys: to ``pattern.reference``).
+    (for patterns over new keys: to ``pattern.reference``); with extra tokens, to SDPA
+    over the tokens followed by the extra ones under the mask ``[pattern.mask | True]``;
+    with ``return_lse``, ``(out, lse)``.
     """
     layout = as_layout(layout)
     pattern = parse_pattern(pattern)
     _check_inputs(q, k, v, layout)
+    extra = _check_extra(q, k, v, extra_k, extra_v)
     k, v = expand_kv(k, v, q.shape[1])
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     pattern.check(layout)
     tiles = _tile(tile, layout) if isinstance(layout, Grid) else ()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    call = Call(pattern, layout, q.device, q.dtype, q.shape[1], q.shape[-1], needs_grad(q, k, v))
-    return _dispatch(q, k, v, call, scale, tiles, backend)
+    grad = needs_grad(q, k, v)
+    lse = bool(return_lse) or extra is not None
+    call = Call(pattern, layout, q.device, q.dtype, q.shape[1], q.shape[-1], grad, lse)
+    result = _dispatch(q, k, v, call, scale, tiles, backend)
+    if extra is not None:  # the extra tokens: one dense [N, T] block, merged exactly
+        both = masked_attention_lse(q, *expand_kv(*extra, q.shape[1]), scale)
+        result = merge_attentions(*result, *both)
+    return result if return_lse or extra is None else result[0]
+
+
+def _check_extra(q, k, v, extra_k, extra_v) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The extra tokens (None if there are none), checked against q, k, v."""
+    if extra_k is None and extra_v is None:
+        return None
+    if extra_k is None or extra_v is None:
+        raise ValueError("extra_k and extra_v come together; got only "
+                         + ("extra_k" if extra_v is None else "extra_v"))  # fmt: skip
+    shapes = (f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, extra_k"
+              f" {tuple(extra_k.shape)}, extra_v {tuple(extra_v.shape)}")  # fmt: skip
+    if extra_k.dim() != 4 or extra_v.dim() != 4:
+        raise ValueError(f"extra_k and extra_v must be 4-D [B, kv_heads, T, head_dim]; {shapes}")
+    want_k = (k.shape[0], k.shape[1], extra_k.shape[2], k.shape[3])
+    want_v = (v.shape[0], v.shape[1], extra_k.shape[2], v.shape[3])
+    if tuple(extra_k.shape) != want_k or tuple(extra_v.shape) != want_v or not want_k[2]:
+        raise ValueError(
+            "extra_k and extra_v must be [B, kv_heads, T, head_dim] like k and v with the same"
+            f" T >= 1 extra tokens; {shapes}"
+        )
+    if extra_k.dtype != q.dtype or extra_v.dtype != q.dtype or extra_k.device != q.device:
+        raise ValueError(
+            f"extra_k and extra_v must have q's dtype {q.dtype} and device {q.device}; got"
+            f" {extra_k.dtype} on {extra_k.device}, {extra_v.dtype} on {extra_v.device}"
+        )
+    return extra_k, extra_v
 
 
 @functools.lru_cache(maxsize=256)
 def _grid_verdict(key: tuple, backend: str) -> str | None:
-    """``backends.choose`` (auto: the chosen backend's name) or ``supports`` (a named
+    """``choice.choose`` (auto: the chosen backend's name) or ``supports`` (a named
     backend: None or its reason) for a call on a grid described by plain values, cached:
     see ``_verdict``."""
-    spec, shape, device, dtype, heads, head_dim, grad, _ = key
+    spec, shape, device, dtype, heads, head_dim, grad, lse, _ = key
     call = Call(parse_pattern(spec), Grid(shape), torch.device(device), dtype, heads,
-                head_dim, grad)  # fmt: skip
+                head_dim, grad, lse)  # fmt: skip
     if backend == "auto":
-        return backends.choose(call).name
-    return backends.BACKENDS[backend].supports(call)
+        return choice.choose(call).name
+    return backends.BACKENDS[backend].verdict(call)
 
 
 def _assume_constant_result(fn):
@@ -160,7 +205,7 @@ def _constant_verdict(key: tuple, backend: str) -> str | None:
     choice (and the plans it builds) stay out of the graph, so a compiled model has no
     graph break. The cached verdicts are also keyed by the backends' state (the native
     library as loaded)."""
-    return _grid_verdict((*key, id(backends.state())), backend)
+    return _grid_verdict((*key, id(choice.state())), backend)
 
 
 def _verdict(call: Call, backend: str) -> str | None:
@@ -168,11 +213,11 @@ def _verdict(call: Call, backend: str) -> str | None:
     ``call`` (None or its reason)."""
     if isinstance(call.layout, Grid):
         key = (repr(call.pattern), call.layout.shape, str(call.device), call.dtype, call.heads,
-               call.head_dim, call.needs_grad)  # fmt: skip
+               call.head_dim, call.needs_grad, call.lse)  # fmt: skip
         return _constant_verdict(key, backend)
     if backend == "auto":
-        return backends.choose(call).name
-    return backends.BACKENDS[backend].supports(call)
+        return choice.choose(call).name
+    return backends.BACKENDS[backend].verdict(call)
 
 
 def _dispatch(q, k, v, call: Call, scale: float, tiles: tuple, backend: str) -> torch.Tensor:
@@ -193,4 +238,6 @@ def _dispatch(q, k, v, call: Call, scale: float, tiles: tuple, backend: str) -> 
             group = call.with_pattern(part, stop - start)
             parts = (q[:, heads], k[:, heads], v[:, heads])
             outputs.append(_dispatch(*parts, group, scale, tiles, backend))
+    if call.lse:  # (out, lse) per head group
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
     return torch.cat(outputs, dim=1)

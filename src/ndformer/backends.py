@@ -5,8 +5,10 @@ autograd): ``supports`` — can it compute it exactly? (None, or the reason it c
 and, for ``backend="auto"`` only, ``declines`` — should it, when a later backend is the
 better choice? (None, or why not). ``auto`` walks ``AUTO_ORDER`` for the inputs' device
 and runs the first backend that supports and does not decline the call;
-``backend=NAME`` runs that backend or raises its reason. ``ndformer info``, ``bench`` and
-the error messages all read these same checks, so there is one source of truth.
+``backend=NAME`` runs that backend or raises its reason (``choice.py``). ``ndformer info``,
+``bench`` and the error messages all read these same checks, so there is one source of
+truth. A call that asks for the log-sum-exp (``return_lse``, extra keys) runs only on
+backends that compute it (``returns_lse``).
 
 ``HeadSplit`` is composition, not a backend: ``auto`` (and a named backend that cannot
 take the split whole) runs each head group through its own pattern's choice.
@@ -14,6 +16,7 @@ take the split whole) runs each head group through its own pattern's choice.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from .kernels import native as native_kernels
 from .kernels.flex import flex_attention, flex_unavailable
 from .kernels.groups import group_attention, scene_attention
 from .kernels.keysets import keyset_attention
-from .kernels.reference import reference_attention
+from .kernels.reference import reference_attention, reference_attention_lse
 from .layout import Grid, Points, as_points
 from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
 from .patterns.axis import AllRule
@@ -38,7 +41,8 @@ class Call:
     """One attention call as the backends see it: everything they decide on, no tensors.
 
     ``heads`` and ``head_dim`` are q's; ``needs_grad`` says whether autograd will want
-    gradients through the call.
+    gradients through the call; ``lse``, whether the call returns the log-sum-exp of every
+    query's scores too (the runner then returns ``(out, lse)``).
     """
 
     pattern: Pattern
@@ -48,12 +52,11 @@ class Call:
     heads: int
     head_dim: int
     needs_grad: bool
+    lse: bool = False
 
     def with_pattern(self, pattern: Pattern, heads: int) -> Call:
         """The same call for one head group of a ``HeadSplit``."""
-        return Call(
-            pattern, self.layout, self.device, self.dtype, heads, self.head_dim, self.needs_grad
-        )
+        return dataclasses.replace(self, pattern=pattern, heads=heads)
 
     @property
     def on_grid(self) -> bool:
@@ -67,8 +70,10 @@ Runner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Call, float, tuple]
 class Backend:
     """A way to compute attention. ``supports(call)`` and ``declines(call)`` return None or
     a reason phrased to follow the backend's name ("native is inference-only ...");
-    ``run(q, k, v, call, scale, tile)`` returns [B, heads, N, head_dim_v]. ``head_split``:
-    the backend takes ``HeadSplit`` patterns whole (head-dependent masks)."""
+    ``run(q, k, v, call, scale, tile)`` returns [B, heads, N, head_dim_v] (and the
+    log-sum-exp [B, heads, N] as a second value when ``call.lse``). ``head_split``: the
+    backend takes ``HeadSplit`` patterns whole (head-dependent masks); ``returns_lse``: it
+    can return the log-sum-exp."""
 
     name: str
     summary: str
@@ -76,6 +81,14 @@ class Backend:
     run: Runner
     declines: Callable[[Call], str | None] = lambda call: None
     head_split: bool = False
+    returns_lse: bool = False
+
+    def verdict(self, call: Call) -> str | None:
+        """``supports(call)``, and for a call that wants the log-sum-exp, whether this
+        backend returns one: None if it runs ``call`` exactly, else the reason."""
+        if call.lse and not self.returns_lse:
+            return "does not return the log-sum-exp (return_lse=True, extra keys)"
+        return self.supports(call)
 
 
 # -- capability checks ----------------------------------------------------------------
@@ -158,7 +171,7 @@ def _native_declines(call: Call) -> str | None:
     if _grouped(call):
         return None
     rules = call.pattern.axis_rules(call.layout)
-    if all(isinstance(r, AllRule) for r in rules):
+    if all(isinstance(r, AllRule) for r in rules) and not call.lse:
         return "leaves full attention to SDPA"
     return native_kernels.native_declines(_native_plan(call))
 
@@ -190,6 +203,8 @@ def _flex_supports(call: Call) -> str | None:
 def _reference_supports(call: Call) -> str | None:
     if isinstance(call.pattern, HeadSplit) and not call.pattern.is_mask:
         return "runs a head split with parts over new keys one head group at a time"
+    if call.lse and not call.pattern.is_mask:
+        return f"returns the log-sum-exp of mask patterns only; {call.pattern!r} is not one"
     return None
 
 
@@ -202,13 +217,16 @@ def _run_sdpa(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
-def _run_native(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+def _run_native(q, k, v, call: Call, scale: float, tile):
     if _grouped(call):
         groups = group_ids(call.pattern, call.layout)
-        return native_kernels.native_group_attention(q, k, v, groups, scale, call.needs_grad)
-    rules = call.pattern.axis_rules(call.layout)
-    return native_kernels.native_attention(q, k, v, rules, call.layout.shape, scale,
-                                           call.needs_grad)  # fmt: skip
+        out, lse = native_kernels.native_group_attention(q, k, v, groups, scale,
+                                                         call.needs_grad, call.lse)  # fmt: skip
+    else:
+        rules = call.pattern.axis_rules(call.layout)
+        out, lse = native_kernels.native_attention(q, k, v, rules, call.layout.shape, scale,
+                                                   call.needs_grad, call.lse)  # fmt: skip
+    return (out, lse) if call.lse else out
 
 
 def _run_groups(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
@@ -226,18 +244,20 @@ def _run_tiled(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
     return tiled_attention(q, k, v, plan, scale, call.layout.shape)
 
 
-def _run_blocksparse(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+def _run_blocksparse(q, k, v, call: Call, scale: float, tile):
     plan = block_sparse_plan(call.pattern, call.layout, tile, q.shape[1], q.device)
-    return block_sparse_attention(q, k, v, plan, scale)
+    return block_sparse_attention(q, k, v, plan, scale, return_lse=call.lse)
 
 
 def _run_flex(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
     return flex_attention(q, k, v, call.pattern, call.layout, scale)
 
 
-def _run_reference(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
+def _run_reference(q, k, v, call: Call, scale: float, tile):
     if isinstance(call.pattern, KeySetPattern):
         return call.pattern.reference(q, k, v, call.layout, scale)
+    if call.lse:
+        return reference_attention_lse(q, k, v, call.pattern, call.layout, scale)
     return reference_attention(q, k, v, call.pattern, call.layout, scale)
 
 
@@ -258,6 +278,7 @@ _ALL = (
         _native_supports,
         _run_native,
         declines=_native_declines,
+        returns_lse=True,
     ),
     Backend(
         "groups",
@@ -290,6 +311,7 @@ _ALL = (
         lambda call: _grid_mask(call),
         _run_blocksparse,
         head_split=True,
+        returns_lse=True,
     ),
     Backend(
         "reference",
@@ -297,102 +319,10 @@ _ALL = (
         _reference_supports,
         _run_reference,
         head_split=True,
+        returns_lse=True,
     ),
 )
 BACKENDS: dict[str, Backend] = {b.name: b for b in _ALL}
 
-#: ``auto``'s priority order per device type (others: "default").
-AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("keyset", "sdpa", "native", "groups", "scenes", "tiled", "blocksparse"),
-    "default": ("keyset", "sdpa", "groups", "scenes", "tiled", "blocksparse"),
-}
-
 #: Names ``attend(backend=...)`` accepts.
 NAMES: tuple[str, ...] = ("auto", *BACKENDS)
-
-
-def state() -> object:
-    """What the backends' verdicts depend on besides the call (the native library as
-    loaded): a new object whenever it changes, so cached verdicts are keyed by it."""
-    return native_kernels.library()
-
-
-def auto_order(device: torch.device) -> tuple[str, ...]:
-    return AUTO_ORDER.get(device.type, AUTO_ORDER["default"])
-
-
-def choose(call: Call) -> Backend:
-    """The backend ``auto`` runs for ``call`` (not a ``HeadSplit``: its groups choose alone)."""
-    reasons = []
-    for name in auto_order(call.device):
-        backend = BACKENDS[name]
-        reason = backend.supports(call) or backend.declines(call)
-        if reason is None:
-            return backend
-        reasons.append(f"{name}: {reason}")
-    raise ValueError(f"no backend runs {call.pattern!r} on {call.layout!r}: " + "; ".join(reasons))
-
-
-def explain(call: Call) -> list[tuple[str, str | None]]:
-    """(backend name, None if it can run ``call`` exactly, else the reason it cannot) for
-    every backend, ``auto``'s own order first. ``choose`` says which one ``auto`` takes."""
-    order = auto_order(call.device)
-    names = [*order, *(n for n in BACKENDS if n not in order)]
-    return [(name, BACKENDS[name].supports(call)) for name in names]
-
-
-def unsupported(name: str, call: Call) -> str | None:
-    """None if ``attend(..., backend=name)`` runs ``call`` (a ``HeadSplit`` whole, or head
-    group by head group), else the reason it raises."""
-    if name == "auto":
-        return None
-    reason = BACKENDS[name].supports(call)
-    if reason is None or not isinstance(call.pattern, HeadSplit):
-        return reason
-    groups = zip(call.pattern.patterns, call.pattern.head_groups(call.heads), strict=True)
-    for part, (start, stop) in groups:
-        if stop > start and (reason := unsupported(name, call.with_pattern(part, stop - start))):
-            return reason
-    return None
-
-
-def chosen(call: Call) -> str:
-    """What ``auto`` runs for ``call``, as text: a backend name, or the head groups' names
-    (``"headsplit: native, keyset"``) for a ``HeadSplit``."""
-    if isinstance(call.pattern, HeadSplit):
-        parts = [
-            chosen(call.with_pattern(p, stop - start))
-            for p, (start, stop) in zip(
-                call.pattern.patterns, call.pattern.head_groups(call.heads), strict=True
-            )
-            if stop > start
-        ]
-        return "headsplit: " + ", ".join(parts)
-    return choose(call).name
-
-
-def describe(
-    pattern: Pattern | str,
-    layout: Grid | Points | tuple[int, ...],
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    heads: int = 4,
-    head_dim: int = 32,
-) -> dict[str, object]:
-    """What ``attend`` does with ``pattern`` on ``layout`` (no tensors are made): the
-    backend ``auto`` takes at inference and under autograd, and every backend's verdict
-    (None = runs it) — what ``ndformer info`` prints."""
-    from .layout import as_layout
-    from .patterns import pattern as parse_pattern
-
-    pattern, layout = parse_pattern(pattern), as_layout(layout)
-    pattern.check(layout)
-    result: dict[str, object] = {"pattern": repr(pattern)}
-    for mode, grad in (("inference", False), ("training", True)):
-        call = Call(pattern, layout, torch.device(device), dtype, heads, head_dim, grad)
-        result[mode] = chosen(call)
-        result[f"{mode} backends"] = {
-            name: unsupported(name, call) for name in BACKENDS if name != "reference"
-        }
-    return result

@@ -279,12 +279,12 @@ INFO_PATTERNS = (
 def backend_table(specs, shape: tuple[int, ...], device: str):
     """A rich table: for each pattern, the backend ``auto`` takes at inference and in
     training on a grid of ``shape`` (float32, 4 heads of 32), and the other backends that
-    run it (``ndformer.backends.describe``)."""
+    run it (``ndformer.choice.describe``)."""
     import torch
     from rich.table import Table
     from rich.text import Text
 
-    from .backends import describe
+    from .choice import describe
 
     table = Table(title=f"attend on a {'x'.join(map(str, shape))} grid ({device}, float32)")
     for column in ("pattern", "auto: inference", "auto: training", "also runs it (training)"):

@@ -332,7 +332,8 @@ def case_backend(case: Case, layout: Grid | Points) -> str:
         return "sdpa"
     if case.backend != "auto":
         return case.backend
-    from ..backends import Call, chosen
+    from ..backends import Call
+    from ..choice import chosen
 
     call = Call(parse_pattern(case.pattern), layout, torch.device(case.device),
                 DTYPES[case.dtype], case.heads, case.head_dim, case.backward)  # fmt: skip

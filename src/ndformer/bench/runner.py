@@ -11,7 +11,8 @@ import torch
 
 from .._checks import check_device, check_int
 from .._io import run_json_worker
-from ..backends import Call, unsupported
+from ..backends import Call
+from ..choice import unsupported
 from ..errors import check_fits
 from ..layout import Grid
 from ..patterns import pattern as parse_pattern

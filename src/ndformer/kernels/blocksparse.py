@@ -119,19 +119,23 @@ def _forward(q, k, v, plan: BlockSparsePlan, scale: float):
 
 
 class _BlockSparseAttention(torch.autograd.Function):
+    """(out, lse): the log-sum-exp is -inf for a query without keys (and +inf inside, where
+    it makes the recomputed probabilities 0)."""
+
     @staticmethod
     def forward(ctx, q, k, v, plan: BlockSparsePlan, scale: float):
         out, lse = _forward(q, k, v, plan, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
-        return out
+        return out, torch.where(torch.isinf(lse), float("-inf"), lse)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_lse):
         q, k, v, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(dim=-1, keepdim=True)
+        # d lse / d scores = probs: the log-sum-exp's gradient enters as delta - grad_lse
+        delta = (grad_out * out).sum(dim=-1, keepdim=True) - grad_lse[..., None]
         grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for _, _, key_tiles, mask in _steps(plan):
             k_step, v_step = _gather(k, key_tiles), _gather(v, key_tiles)
@@ -144,12 +148,20 @@ class _BlockSparseAttention(torch.autograd.Function):
 
 
 def block_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockSparsePlan, scale: float
-) -> torch.Tensor:
-    """q, k: [B, heads, N, E]; v: [B, heads, N, Ev] -> [B, heads, N, Ev] under ``plan.pattern``.
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: BlockSparsePlan,
+    scale: float,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """q, k: [B, heads, N, E]; v: [B, heads, N, Ev] -> [B, heads, N, Ev] under ``plan.pattern``
+    (and, if ``return_lse``, the log-sum-exp of every query's allowed scores [B, heads, N],
+    differentiable too).
 
-    Rows without any allowed key produce zeros (dense masked SDPA would give NaN).
-    Half-precision inputs are computed in float32 and cast back.
+    Rows without any allowed key produce zeros (dense masked SDPA would give NaN) and a
+    log-sum-exp of -inf. Half-precision inputs are computed in float32 and cast back (the
+    log-sum-exp stays float32).
     """
     geometry = plan.geometry
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
@@ -160,6 +172,9 @@ def block_sparse_attention(
         x = x.to(compute).reshape(b * h, n, x.shape[-1]).index_select(1, geometry.token_index)
         return x.view(b, h, geometry.num_tiles, geometry.tile_tokens, x.shape[-1])
 
-    out = _BlockSparseAttention.apply(tiles(q), tiles(k), tiles(v), plan, scale)
+    out, lse = _BlockSparseAttention.apply(tiles(q), tiles(k), tiles(v), plan, scale)
     out = out.reshape(b * h, -1, v.shape[-1]).index_select(1, geometry.inverse)
-    return out.view(b, h, n, v.shape[-1]).to(q.dtype)
+    out = out.view(b, h, n, v.shape[-1]).to(q.dtype)
+    if not return_lse:
+        return out
+    return out, lse.reshape(b * h, -1).index_select(1, geometry.inverse).view(b, h, n)

@@ -71,21 +71,26 @@ def _ops():
     return ops
 
 
-def native_attention(q, k, v, rules, shape, scale: float, needs_grad: bool) -> torch.Tensor:
-    """q, k [B, heads, N, E], v [B, heads, N, Ev] -> [B, heads, N, Ev] through the native
-    custom op for a separable pattern's per-axis ``rules`` on a grid of ``shape``
-    (differentiable; the log-sum-exp is saved only when ``needs_grad``)."""
-    out, _ = _ops().native_attention_op(
-        q, k, v, encode_rules(tuple(rules)), list(shape), float(scale), bool(needs_grad)
+def native_attention(
+    q, k, v, rules, shape, scale: float, needs_grad: bool, lse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q, k [B, heads, N, E], v [B, heads, N, Ev] -> (out [B, heads, N, Ev], the log-sum-exp
+    [B, heads, N] if ``lse`` else None) through the native custom op for a separable
+    pattern's per-axis ``rules`` on a grid of ``shape``. Differentiable in q, k, v (through
+    out and lse); the log-sum-exp is computed only when ``needs_grad`` or ``lse``."""
+    out, saved = _ops().native_attention_op(
+        q, k, v, encode_rules(tuple(rules)), list(shape), float(scale), bool(needs_grad or lse)
     )
-    return out
+    return out, saved if lse else None
 
 
-def native_group_attention(q, k, v, groups: torch.Tensor, scale: float, needs_grad: bool):
+def native_group_attention(
+    q, k, v, groups: torch.Tensor, scale: float, needs_grad: bool, lse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention iff ``groups[i] == groups[j]`` (ids [N], e.g. points' serialized groups)
-    through the native shared-keys custom op; shapes as ``native_attention``."""
-    out, _ = _ops().native_groups_op(q, k, v, groups, float(scale), bool(needs_grad))
-    return out
+    through the native shared-keys custom op; shapes and outputs as ``native_attention``."""
+    out, saved = _ops().native_groups_op(q, k, v, groups, float(scale), bool(needs_grad or lse))
+    return out, saved if lse else None
 
 
 __all__ = [

@@ -117,15 +117,23 @@ def backward(
     lse: torch.Tensor,
     plan: NativePlan,
     scale: float,
+    dlse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk [B, heads, N, E], dv [B, heads, N, Ev] of ``forward``'s output for the output
-    gradient ``dout``, from its saved log-sum-exp (scores recomputed, FlashAttention-2
-    style; no N x N memory)."""
+    gradient ``dout`` (and ``dlse`` [B, heads, N] of the log-sum-exp, if given and not
+    empty), from the saved log-sum-exp (scores recomputed, FlashAttention-2 style; no
+    N x N memory).
+
+    With P = softmax(S), dS = P * (dP - delta) where delta = rowsum(dout * out); the
+    log-sum-exp adds dlse * P to dS (d lse / dS = P), so it enters as delta - dlse."""
     batch, heads, n, e = q.shape
     rows = batch * heads
     q3, k3, v3 = (x.reshape(rows, n, x.shape[-1]).contiguous() for x in (q, k, v))
     dout = dout.reshape(rows, n, v.shape[-1]).contiguous()
-    delta = (dout * out.reshape(rows, n, -1)).sum(-1).contiguous()
+    delta = (dout * out.reshape(rows, n, -1)).sum(-1)
+    if dlse is not None and dlse.numel():
+        delta = delta - dlse.reshape(rows, n)
+    delta = delta.contiguous()
     lse = lse.reshape(rows, n).contiguous()
     dq, dk = q.new_empty(batch, heads, n, e), k.new_empty(batch, heads, n, e)
     dv = v.new_empty(batch, heads, n, v.shape[-1])

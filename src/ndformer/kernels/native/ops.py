@@ -60,15 +60,16 @@ def _(q, k, v, rules, shape, scale, want_lse):
 
 @torch.library.custom_op("ndformer::native_attention_backward", mutates_args=(), device_types="cpu")
 def native_attention_backward_op(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, rules: list[int],
-    shape: list[int], scale: float,
+    dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    rules: list[int], shape: list[int], scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv) of ``native_attention`` for the output gradient ``dout``."""
-    return calls.backward(dout, q, k, v, out, lse, _plan(rules, shape, q.dtype), scale)
+    """(dq, dk, dv) of ``native_attention`` for the gradients ``dout`` of its output and
+    ``dlse`` of its log-sum-exp (``[0]``: none)."""
+    return calls.backward(dout, q, k, v, out, lse, _plan(rules, shape, q.dtype), scale, dlse)
 
 
 @native_attention_backward_op.register_fake
-def _(dout, q, k, v, out, lse, rules, shape, scale):
+def _(dout, dlse, q, k, v, out, lse, rules, shape, scale):
     return _contiguous(q), _contiguous(k), _contiguous(v)
 
 
@@ -79,12 +80,17 @@ def _setup(ctx, inputs, output) -> None:
     ctx.rules, ctx.shape, ctx.scale, ctx.want_lse = rules, shape, scale, want_lse
 
 
-def _backward(ctx, dout: Tensor, dlse: Tensor):
+def _lse_grad(dlse: Tensor | None, q: Tensor) -> Tensor:
+    """The log-sum-exp's gradient as the backward ops take it: ``[0]`` when it has none."""
+    return q.new_empty(0) if dlse is None or dlse.numel() == 0 else dlse
+
+
+def _backward(ctx, dout: Tensor, dlse: Tensor | None):
     if not ctx.want_lse:
         raise RuntimeError("native_attention was called without want_lse: no backward")
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = native_attention_backward_op(dout, q, k, v, out, lse, ctx.rules, ctx.shape,
-                                              ctx.scale)  # fmt: skip
+    dq, dk, dv = native_attention_backward_op(dout, _lse_grad(dlse, q), q, k, v, out, lse,
+                                              ctx.rules, ctx.shape, ctx.scale)  # fmt: skip
     return dq, dk, dv, None, None, None, None
 
 
@@ -108,15 +114,15 @@ def _(q, k, v, groups, scale, want_lse):
 
 @torch.library.custom_op("ndformer::native_groups_backward", mutates_args=(), device_types="cpu")
 def native_groups_backward_op(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, groups: Tensor,
-    scale: float,
+    dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    groups: Tensor, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv) of ``native_groups`` for the output gradient ``dout``."""
-    return calls.backward(dout, q, k, v, out, lse, _groups_plan(groups, q.dtype), scale)
+    """(dq, dk, dv) of ``native_groups``, gradients as ``native_attention_backward``."""
+    return calls.backward(dout, q, k, v, out, lse, _groups_plan(groups, q.dtype), scale, dlse)
 
 
 @native_groups_backward_op.register_fake
-def _(dout, q, k, v, out, lse, groups, scale):
+def _(dout, dlse, q, k, v, out, lse, groups, scale):
     return _contiguous(q), _contiguous(k), _contiguous(v)
 
 
@@ -127,11 +133,12 @@ def _setup_groups(ctx, inputs, output) -> None:
     ctx.scale, ctx.want_lse = scale, want_lse
 
 
-def _backward_groups(ctx, dout: Tensor, dlse: Tensor):
+def _backward_groups(ctx, dout: Tensor, dlse: Tensor | None):
     if not ctx.want_lse:
         raise RuntimeError("native_groups was called without want_lse: no backward")
     q, k, v, out, lse, groups = ctx.saved_tensors
-    dq, dk, dv = native_groups_backward_op(dout, q, k, v, out, lse, groups, ctx.scale)
+    dq, dk, dv = native_groups_backward_op(dout, _lse_grad(dlse, q), q, k, v, out, lse, groups,
+                                           ctx.scale)  # fmt: skip
     return dq, dk, dv, None, None, None
 
 
