@@ -126,7 +126,7 @@ def test_extra_tokens_join_the_pattern_s_keys_in_one_softmax(data):
     want = definition(q, keys, values, mask, 0.5)
     want = want if return_lse else want[:1]
     upstream = [randn(gen, *x.shape) for x in want]
-    names = ("out", "lse")[: len(want)] + ("dq", "dk", "dv", "d extra_k", "d extra_v")
+    names = (*("out", "lse")[: len(want)], "dq", "dk", "dv", "d extra_k", "d extra_v")
     assert_all_close(values_and_grads(got, inputs, upstream),
                      values_and_grads(want, inputs, upstream), names)  # fmt: skip
 
@@ -177,7 +177,7 @@ def test_bad_extra_tokens_and_merges_are_refused_with_the_shapes():
     with pytest.raises(ValueError, match=r"extra_k \(1, 2, 2, 4\), extra_v \(1, 2, 3, 4\)"):
         attend(q, k, v, "neighborhood(3)", (3, 4), extra_k=torch.randn(1, 2, 2, 4),
                extra_v=torch.randn(1, 2, 3, 4))  # fmt: skip
-    with pytest.raises(ValueError, match="q's dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"q.s dtype torch\.float32"):
         attend(q, k, v, "neighborhood(3)", (3, 4), extra_k=torch.randn(1, 2, 2, 4).double(),
                extra_v=torch.randn(1, 2, 2, 4).double())  # fmt: skip
     with pytest.raises(ValueError, match=r"lse1 \(2, 5\).*lse2 \(2, 4\)"):
@@ -194,6 +194,7 @@ def test_patterns_over_new_keys_say_they_have_no_log_sum_exp():
 def test_the_choice_with_and_without_the_log_sum_exp():
     """Full attention goes to SDPA unless the lse is wanted (SDPA on CPU has none): then
     the native kernels take it; the tiled path gives way to the block-sparse one."""
+
     def chosen(spec, lse, shape=(8, 8)):
         call = Call(pattern(spec), Grid(shape), torch.device("cpu"), torch.float32, 2, 8,
                     False, lse)  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import BACKENDS, Call
+from .backends import BACKENDS, Backend, Call
 from .kernels import native as native_kernels
 from .layout import Grid, Points
 from .patterns import HeadSplit, Pattern
@@ -19,6 +19,7 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("keyset", "sdpa", "native", "groups", "scenes", "tiled", "blocksparse"),
     "default": ("keyset", "sdpa", "groups", "scenes", "tiled", "blocksparse"),
 }
+
 
 def state() -> object:
     """What the backends' verdicts depend on besides the call (the native library as
