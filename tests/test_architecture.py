@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"patterns"},
     {"kernels"},
     {"attend", "backends", "choice"},
-    {"layers", "position", "point_tokens"},
+    {"layers", "position", "point_tokens", "nn"},
     {"models"},
     {"tasks", "viz"},
     {"train"},

@@ -31,7 +31,8 @@ class Attention(nn.Module):
     (grouped-query attention: consecutive query heads share one key/value head).
     ``qk_norm=True`` normalizes every head's queries and keys with a LayerNorm over its
     channels (one per q and k, shared by the heads) before RoPE, as ViT-22B and the Volume
-    Transformer do to keep the logits bounded.
+    Transformer do to keep the logits bounded. ``scale`` sets the logit scale (default
+    ``1 / sqrt(qk_head_dim)``).
     """
 
     def __init__(
@@ -48,9 +49,13 @@ class Attention(nn.Module):
         qk_dim: int | None = None,
         kv_heads: int | None = None,
         qk_norm: bool = False,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         check_int("Attention dim", dim, minimum=1)
+        if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+            raise ValueError(f"Attention scale must be a positive number or None; got {scale!r}")
+        self.scale = None if scale is None else float(scale)
         check_int("Attention heads", heads, minimum=1)
         if kv_heads is None:
             kv_heads = heads
@@ -121,7 +126,7 @@ class Attention(nn.Module):
         """The core of every layout: qkv, RoPE, ``attend``, output projection; [B, N, dim]."""
         q, k, v = self.heads_of(tokens)
         q, k = self.rotate(q, k, positions)
-        out = attend(q, k, v, self.pattern, layout, backend=self.backend)
+        out = attend(q, k, v, self.pattern, layout, backend=self.backend, scale=self.scale)
         return self.proj(out.transpose(1, 2).flatten(2))
 
     def forward_merged(
@@ -149,8 +154,8 @@ class Attention(nn.Module):
         q, k = self.rotate(q, k, positions)
         k, v = expand_kv(k, v, self.heads)  # every query head with its group's k, v head
         bias = sizes.log().to(q.dtype)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        attention = _received_attention(q, k, bias, sizes) if received else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        attention = _received_attention(q, k, bias, sizes, self.scale) if received else None
         return self.proj(out.transpose(1, 2).reshape(x.shape)), k.mean(1), attention
 
     def extra_repr(self) -> str:
@@ -162,17 +167,21 @@ class Attention(nn.Module):
 
 
 def _received_attention(
-    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, sizes: torch.Tensor, rows: int = 1024
+    q: torch.Tensor,
+    k: torch.Tensor,
+    bias: torch.Tensor,
+    sizes: torch.Tensor,
+    scale: float | None = None,
+    rows: int = 1024,
 ) -> torch.Tensor:
     """[B, N]: softmax(q k^T * scale + bias) averaged over heads and size-weighted query
     rows, computed ``rows`` queries at a time (never the whole N x N) and without gradient."""
     b, h, n, e = q.shape
+    scale = e**-0.5 if scale is None else scale
     with torch.no_grad():
         total = q.new_zeros(b, k.shape[-2])
         for start in range(0, n, rows):
-            probs = (q[:, :, start : start + rows] @ k.transpose(-1, -2) * e**-0.5 + bias).softmax(
-                -1
-            )
+            probs = (q[:, :, start : start + rows] @ k.transpose(-1, -2) * scale + bias).softmax(-1)
             total += (probs * sizes[:, None, start : start + rows, None]).sum((1, 2))
         return total / (h * sizes.sum(-1, keepdim=True))
 
