@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {
         "_checks",
         "_cache",
+        "_compile",
         "errors",
         "_io",
         "_index",

@@ -51,3 +51,87 @@ def test_inductor_compiles_the_native_op_into_a_model():
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     compiled(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+#: One spec per pattern family (and the backend auto gives it on CPU).
+FAMILIES = {
+    "full": "full",  # sdpa
+    "window": "window(2, shift=1)",  # native shared keys
+    "neighborhood": "neighborhood(3)",  # native lanes
+    "stripe / axial": "axial(0)",  # native
+    "union": "neighborhood(3) | causal(0)",  # block-sparse custom op
+    "head split": "headsplit(window(2), neighborhood(3))",
+    "pooled keys": "pooled(2)",  # keyset
+    "linear": "linear",
+    "routing": "routing(2, 2)",
+}
+
+SHRUNK = {
+    "vit-tiny": dict(depth=1, dim=32, heads=2),
+    "hvit-tiny": dict(depth=(1, 1), dim=16, heads=(2, 2)),
+}
+
+
+def one_block_per_stage(name: str) -> dict:
+    """A preset with its published widths and heads but one block per stage."""
+    depth = ndformer.create_model(name).config.depth
+    return {"depth": 1 if isinstance(depth, int) else (1,) * len(depth)}
+
+
+def assert_compiles_like_eager(model, *inputs, graph_breaks: int | None = 0):
+    """``torch._dynamo.explain`` finds ``graph_breaks`` breaks (None: any number), and the
+    compiled model (aot_eager: autograd through every op) gives eager's outputs and
+    parameter gradients in float64."""
+    if graph_breaks is not None:
+        explanation = torch._dynamo.explain(model)(*inputs)
+        assert explanation.graph_break_count == graph_breaks, [
+            str(b.reason).splitlines()[0] for b in explanation.break_reasons
+        ]
+        torch._dynamo.reset()
+    params = [p for p in model.parameters() if p.requires_grad]
+    eager = model(*inputs)
+    eager_grads = torch.autograd.grad(eager.square().sum(), params, allow_unused=True)
+    compiled = torch.compile(model, backend="aot_eager")
+    out = compiled(*inputs)
+    grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    torch.testing.assert_close(out, eager, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, eager_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("name", ["vit-tiny", "hvit-tiny"])
+def test_every_pattern_family_compiles_without_graph_breaks(name, family):
+    torch.manual_seed(0)
+    model = ndformer.create_model(name, pattern=FAMILIES[family], in_chans=1, num_classes=3,
+                                  **SHRUNK[name]).double()  # fmt: skip
+    side = 32 if name.startswith("hvit") else 16  # two stages of at least 4 x 4 tokens
+    assert_compiles_like_eager(model, torch.randn(2, 1, side, side, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", sorted(set(ndformer.list_models()) - set(SHRUNK)))
+def test_every_model_compiles_like_eager(name):
+    """Every other preset, at its widths and heads with one block per stage: grid models
+    with no graph break; point models break around their data-dependent parts
+    (voxelization, serialization, grouping), which run eagerly between graphs."""
+    from ndformer.point_batch import PointBatch
+    from ndformer.tasks.scenes import room_scene
+
+    torch.manual_seed(0)
+    config = ndformer.create_model(name).config
+    overrides = one_block_per_stage(name)
+    if config.arch not in ("volt", "voxconv"):
+        model = ndformer.create_model(name, in_chans=1, num_classes=3, **overrides).double()
+        assert_compiles_like_eager(model, torch.randn(2, 1, 32, 32, dtype=torch.float64))
+        return
+    scenes = [room_scene(300, seed) for seed in range(2)]
+    batch = PointBatch.from_scenes([(torch.from_numpy(x), torch.from_numpy(r).float() / 255)
+                                    for x, r, _ in scenes])  # fmt: skip
+    batch = PointBatch(batch.xyz.double(), batch.features.double(), batch.batch)
+    if config.arch == "volt":
+        overrides["pattern"] = "serialized('hilbert', 16)"
+    model = ndformer.create_model(name, in_chans=3, num_classes=4, voxel_size=0.25, patch=2,
+                                  **overrides).double()  # fmt: skip
+    assert_compiles_like_eager(model, batch, graph_breaks=None)

@@ -10,6 +10,7 @@ import torch
 
 from . import backends, choice
 from ._checks import check_per_axis, needs_grad, per_axis
+from ._compile import eager_under_compile
 from .backends import Call
 from .kernels.merge import masked_attention_lse, merge_attentions
 from .layout import Grid, Points, as_layout
@@ -144,7 +145,8 @@ def attend(
     grad = needs_grad(q, k, v)
     lse = bool(return_lse) or extra is not None
     call = Call(pattern, layout, q.device, q.dtype, q.shape[1], q.shape[-1], grad, lse)
-    result = _dispatch(q, k, v, call, scale, tiles, backend)
+    run = _dispatch if isinstance(layout, Grid) else _dispatch_points
+    result = run(q, k, v, call, scale, tiles, backend)
     if extra is not None:  # the extra tokens: one dense [N, T] block, merged exactly
         both = masked_attention_lse(q, *expand_kv(*extra, q.shape[1]), scale)
         result = merge_attentions(*result, *both)
@@ -241,3 +243,8 @@ def _dispatch(q, k, v, call: Call, scale: float, tiles: tuple, backend: str) -> 
     if call.lse:  # (out, lse) per head group
         return tuple(torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
     return torch.cat(outputs, dim=1)
+
+
+#: On sparse points the choice and the plans are data-dependent (serialization, groups):
+#: under torch.compile they run eagerly between graphs.
+_dispatch_points = eager_under_compile(_dispatch)

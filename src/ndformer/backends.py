@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .kernels import block_sparse_attention, block_sparse_plan, local_plan, tiled_attention
+from .kernels import block_sparse_attention, local_plan, tiled_attention
 from .kernels import native as native_kernels
 from .kernels.flex import flex_attention, flex_unavailable
 from .kernels.groups import group_attention, scene_attention
@@ -245,8 +245,7 @@ def _run_tiled(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
 
 
 def _run_blocksparse(q, k, v, call: Call, scale: float, tile):
-    plan = block_sparse_plan(call.pattern, call.layout, tile, q.shape[1], q.device)
-    return block_sparse_attention(q, k, v, plan, scale, return_lse=call.lse)
+    return block_sparse_attention(q, k, v, call.pattern, call.layout, tile, scale, call.lse)
 
 
 def _run_flex(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:

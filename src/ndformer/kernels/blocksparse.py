@@ -118,63 +118,79 @@ def _forward(q, k, v, plan: BlockSparsePlan, scale: float):
     return out, lse
 
 
-class _BlockSparseAttention(torch.autograd.Function):
-    """(out, lse): the log-sum-exp is -inf for a query without keys (and +inf inside, where
-    it makes the recomputed probabilities 0)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, plan: BlockSparsePlan, scale: float):
-        out, lse = _forward(q, k, v, plan, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale = plan, scale
-        return out, torch.where(torch.isinf(lse), float("-inf"), lse)
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, scale = ctx.plan, ctx.scale
-        grad_out = grad_out.contiguous()
-        # d lse / d scores = probs: the log-sum-exp's gradient enters as delta - grad_lse
-        delta = (grad_out * out).sum(dim=-1, keepdim=True) - grad_lse[..., None]
-        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for _, _, key_tiles, mask in _steps(plan):
-            k_step, v_step = _gather(k, key_tiles), _gather(v, key_tiles)
-            probs = torch.exp(_scores(q, k_step, mask, scale) - lse[..., None])
-            _scatter_add(grad_v, key_tiles, torch.matmul(probs.transpose(-1, -2), grad_out))
-            grad_scores = probs * (torch.matmul(grad_out, v_step.transpose(-1, -2)) - delta)
-            grad_q += torch.matmul(grad_scores, k_step) * scale
-            _scatter_add(grad_k, key_tiles, torch.matmul(grad_scores.transpose(-1, -2), q) * scale)
-        return grad_q, grad_k, grad_v, None, None
+def _backward(q, k, v, out, lse, grad_out, grad_lse, plan: BlockSparsePlan, scale: float):
+    """dq, dk, dv in tile layout from the saved output and log-sum-exp (+inf where a query
+    has no keys, so the recomputed probabilities are 0 there)."""
+    # d lse / d scores = probs: the log-sum-exp's gradient enters as delta - grad_lse
+    delta = (grad_out * out).sum(dim=-1, keepdim=True) - grad_lse[..., None]
+    grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for _, _, key_tiles, mask in _steps(plan):
+        k_step, v_step = _gather(k, key_tiles), _gather(v, key_tiles)
+        probs = torch.exp(_scores(q, k_step, mask, scale) - lse[..., None])
+        _scatter_add(grad_v, key_tiles, torch.matmul(probs.transpose(-1, -2), grad_out))
+        grad_scores = probs * (torch.matmul(grad_out, v_step.transpose(-1, -2)) - delta)
+        grad_q += torch.matmul(grad_scores, k_step) * scale
+        _scatter_add(grad_k, key_tiles, torch.matmul(grad_scores.transpose(-1, -2), q) * scale)
+    return grad_q, grad_k, grad_v
 
 
-def block_sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: BlockSparsePlan,
-    scale: float,
-    return_lse: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """q, k: [B, heads, N, E]; v: [B, heads, N, Ev] -> [B, heads, N, Ev] under ``plan.pattern``
-    (and, if ``return_lse``, the log-sum-exp of every query's allowed scores [B, heads, N],
-    differentiable too).
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _to_tiles(x: torch.Tensor, geometry: TileGeometry, dtype: torch.dtype) -> torch.Tensor:
+    """[B, h, N, C] (or [B, h, N]) in token order -> [B, h, tiles, T, C] (or [B, h, tiles, T])."""
+    (b, h, n), channels = x.shape[:3], x.shape[3:]
+    x = x.to(dtype).reshape(b * h, n, -1).index_select(1, geometry.token_index)
+    return x.view(b, h, geometry.num_tiles, geometry.tile_tokens, *channels)
+
+
+def _from_tiles(x: torch.Tensor, geometry: TileGeometry, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``_to_tiles`` for ``like``'s shape [B, h, N, ...] and dtype (padding
+    slots dropped: every token is read from its own slot)."""
+    b, h = like.shape[:2]
+    x = x.reshape(b * h, geometry.num_tiles * geometry.tile_tokens, -1)
+    return x.index_select(1, geometry.inverse).reshape(like.shape).to(like.dtype)
+
+
+def block_sparse_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockSparsePlan, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k: [B, heads, N, E]; v: [B, heads, N, Ev] -> out [B, heads, N, Ev] under
+    ``plan.pattern`` and the log-sum-exp of every query's allowed scores [B, heads, N].
 
     Rows without any allowed key produce zeros (dense masked SDPA would give NaN) and a
     log-sum-exp of -inf. Half-precision inputs are computed in float32 and cast back (the
-    log-sum-exp stays float32).
+    log-sum-exp stays float32). No autograd: ``block_sparse_backward`` is the backward.
     """
-    geometry = plan.geometry
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    geometry, dtype = plan.geometry, _compute_dtype(q.dtype)
+    out, lse = _forward(*(_to_tiles(x, geometry, dtype) for x in (q, k, v)), plan, scale)
+    lse = torch.where(torch.isinf(lse), float("-inf"), lse)
+    lse_like = q.new_empty(q.shape[:3], dtype=torch.promote_types(q.dtype, torch.float32))
+    return _from_tiles(out, geometry, q.new_empty(*q.shape[:3], v.shape[-1])), _from_tiles(
+        lse, geometry, lse_like
+    )
 
-    b, h, n = q.shape[:3]
 
-    def tiles(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(compute).reshape(b * h, n, x.shape[-1]).index_select(1, geometry.token_index)
-        return x.view(b, h, geometry.num_tiles, geometry.tile_tokens, x.shape[-1])
-
-    out, lse = _BlockSparseAttention.apply(tiles(q), tiles(k), tiles(v), plan, scale)
-    out = out.reshape(b * h, -1, v.shape[-1]).index_select(1, geometry.inverse)
-    out = out.view(b, h, n, v.shape[-1]).to(q.dtype)
-    if not return_lse:
-        return out
-    return out, lse.reshape(b * h, -1).index_select(1, geometry.inverse).view(b, h, n)
+def block_sparse_backward(
+    grad_out: torch.Tensor,
+    grad_lse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    plan: BlockSparsePlan,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv (shapes and dtypes of q, k, v) of ``block_sparse_forward`` for the
+    gradients of its output and (if given) its log-sum-exp, from the saved output and
+    log-sum-exp: scores recomputed a few key tiles at a time, no N x N memory."""
+    geometry, dtype = plan.geometry, _compute_dtype(q.dtype)
+    tiles = [_to_tiles(x, geometry, dtype) for x in (q, k, v, out, grad_out)]
+    lse = _to_tiles(lse, geometry, dtype)
+    lse = torch.where(torch.isneginf(lse), float("inf"), lse)  # no keys: probabilities 0
+    grad_lse = torch.zeros_like(lse) if grad_lse is None else _to_tiles(grad_lse, geometry, dtype)
+    q_t, k_t, v_t, out_t, grad_out_t = tiles
+    grads = _backward(q_t, k_t, v_t, out_t, lse, grad_out_t, grad_lse, plan, scale)
+    return tuple(_from_tiles(g, geometry, x) for g, x in zip(grads, (q, k, v), strict=True))

@@ -261,7 +261,15 @@ class Routing(KeySetPattern):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
-FEATURES = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu}
+def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """elu(x) + 1, written as x + 1 (x > 0) and exp(x) (x <= 0): the same values and
+    gradients as ``F.elu(x) + 1``, but without elu's backward, whose strides
+    torch.compile's AOT autograd mispredicts on transposed heads (its backward graph then
+    fails with "view size is not compatible")."""
+    return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
+
+
+FEATURES = {"elu": _elu_plus_one, "relu": F.relu}
 
 
 @register("linear")
