@@ -2,7 +2,7 @@
 """Set up ndformer in a local virtual environment (``.venv``) on a fresh machine.
 
     python3 scripts/bootstrap.py          # library + command line (extra "all")
-    python3 scripts/bootstrap.py --dev    # ... plus pytest, hypothesis, ruff
+    python3 scripts/bootstrap.py --dev    # ... plus pytest, hypothesis, ruff, ONNX export
 
 PyTorch is installed *before* ndformer so that pip never resolves ``torch>=2.5``
 to the newest release with several GB of CUDA packages on a machine that has no
@@ -87,7 +87,7 @@ def main() -> None:
         print(f"bootstrap: creating virtual environment {env_dir}")
         venv.EnvBuilder(with_pip=True).create(env_dir)
     install_torch(python)
-    extras = "all,dev" if args.dev else "all"
+    extras = "all,dev,export" if args.dev else "all"
     run([str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[{extras}]"])
     print(f"bootstrap: ready - run commands with {env_dir.name}/bin/ndformer or activate the venv")
 

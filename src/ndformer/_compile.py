@@ -31,3 +31,13 @@ def eager_under_compile(fn: Callable[..., T]) -> Callable[..., T]:
         return disabled(*args, **kwargs)
 
     return inner
+
+
+def assume_constant_result(fn: Callable[..., T]) -> Callable[..., T]:
+    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo``:
+    that function only sets this marker, which dynamo reads when it traces a call; dynamo
+    then calls ``fn`` at trace time and keeps its result (plain values, or a tensor as a
+    graph constant) out of the graph (``tests/test_compile.py`` checks that compiled models
+    still have no graph break)."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn

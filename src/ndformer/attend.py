@@ -10,7 +10,7 @@ import torch
 
 from . import backends, choice
 from ._checks import check_per_axis, needs_grad, per_axis
-from ._compile import eager_under_compile
+from ._compile import assume_constant_result, eager_under_compile
 from .backends import Call
 from .kernels.merge import masked_attention_lse, merge_attentions
 from .layout import Grid, Points, as_layout
@@ -192,16 +192,7 @@ def _grid_verdict(key: tuple, backend: str) -> str | None:
     return backends.BACKENDS[backend].verdict(call)
 
 
-def _assume_constant_result(fn):
-    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo``
-    (about 2 s, which every command-line start would pay): that function only sets this
-    marker, which dynamo reads when it traces a call (``tests/test_compile.py`` checks that
-    compiled models still have no graph break)."""
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-@_assume_constant_result
+@assume_constant_result
 def _constant_verdict(key: tuple, backend: str) -> str | None:
     """torch.compile calls this at trace time and keeps its result as a constant: the
     choice (and the plans it builds) stay out of the graph, so a compiled model has no

@@ -7,6 +7,9 @@ The backends themselves, and what each can do, are in ``backends.py``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from .backends import BACKENDS, Backend, Call
@@ -21,13 +24,42 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 
+#: ``auto``'s order inside ``portable()``: backends made of standard PyTorch operators only
+#: (no ndformer custom op), for exporters that know no custom ops (ONNX).
+PORTABLE_ORDER: tuple[str, ...] = ("keyset", "sdpa", "reference")
+
+_portable = False
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+    """Within this block ``attend(backend="auto")`` takes only backends made of standard
+    PyTorch operators (``PORTABLE_ORDER``): separable local patterns through the tiled
+    path, other mask patterns through the dense reference (an N x N mask constant), so
+    that a traced model holds no ndformer custom op. Results are unchanged."""
+    global _portable
+    saved, _portable = _portable, True
+    try:
+        yield
+    finally:
+        _portable = saved
+
+
+#: One object per state, holding the library it names (so no id is ever reused).
+_states: dict[tuple[int, bool], tuple[object, bool]] = {}
+
+
 def state() -> object:
     """What the backends' verdicts depend on besides the call (the native library as
-    loaded): a new object whenever it changes, so cached verdicts are keyed by it."""
-    return native_kernels.library()
+    loaded, ``portable()``): one object per such state, so cached verdicts are keyed by
+    it."""
+    library = native_kernels.library()
+    return _states.setdefault((id(library), _portable), (library, _portable))
 
 
 def auto_order(device: torch.device) -> tuple[str, ...]:
+    if _portable:
+        return PORTABLE_ORDER
     return AUTO_ORDER.get(device.type, AUTO_ORDER["default"])
 
 

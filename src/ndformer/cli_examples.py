@@ -59,3 +59,11 @@ Examples:
 
   ndformer arena --task scenes-points --model volt-tiny --batch-size 4 --patterns full "serialized('hilbert', 64)"
 """  # noqa: E501
+
+EXAMPLES_EXPORT = """
+Examples:
+
+  ndformer export runs/x --out model.onnx        (standard operators; checked with onnxruntime)
+
+  ndformer export runs/x --out model.pt2         (torch.export; load after `import ndformer`)
+"""

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_examples import EXAMPLES_EVALUATE, EXAMPLES_PREDICT, EXAMPLES_TRAIN
+from .cli_examples import EXAMPLES_EVALUATE, EXAMPLES_EXPORT, EXAMPLES_PREDICT, EXAMPLES_TRAIN
 
 
 def _overrides(text: str | None, fail) -> dict:
@@ -232,6 +232,39 @@ def register(app: typer.Typer, console, fail) -> None:
         if "miou" in result:
             console.print(f"mIoU against the file's labels: {100 * result['miou']:.1f}%")
         console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+    @app.command("export", epilog=EXAMPLES_EXPORT)
+    def export(
+        run: Annotated[Path, typer.Argument(help="A run directory of a grid model.")],
+        out: Annotated[Path, typer.Option(help="The file to write (.pt2 or .onnx).")],
+        fmt: Annotated[
+            str | None, typer.Option("--format", help="pt2 or onnx (default: from --out).")
+        ] = None,
+        batch: Annotated[int, typer.Option(help="Batch size of the traced example.")] = 1,
+    ) -> None:
+        """Export a trained model for deployment: torch.export (.pt2, ndformer's kernels as
+        custom ops; load after `import ndformer`) or ONNX (standard operators only)."""
+        import torch
+
+        from .train import TrainConfig, load, read_run, resolve_data
+        from .train.data import make_batch
+        from .train.export import export_model
+
+        fmt = fmt or out.suffix.lstrip(".").lower()
+        if batch < 1:
+            fail(f"--batch must be >= 1, got {batch}")
+        model = load(run)
+        dataset = resolve_data(TrainConfig(**read_run(run)["train"]))
+        if not hasattr(dataset, "x"):
+            fail(f"{run} is a point model; export takes grid models (vit, hvit, conv)")
+        example, _ = make_batch(dataset, "test", torch.arange(batch))
+        result = export_model(model, example, fmt, out)
+        error = result["max_abs_error"]
+        check = ("not run: onnxruntime is not installed" if error is None
+                 else f"max |difference| from PyTorch {error:.2e}")  # fmt: skip
+        ops = ", ".join(result["custom_ops"]) or "none"
+        console.print(f"wrote {out} ({result['bytes'] / 1e6:.1f} MB, {fmt}; input"
+                      f" {tuple(example.shape)}; ndformer custom ops: {ops}); {check}")  # fmt: skip
 
     from .cli_arena import register_arena
 
