@@ -25,6 +25,7 @@ BackendName = Literal[
     "groups",
     "scenes",
     "tiled",
+    "natten",
     "flex",
     "blocksparse",
     "reference",

@@ -29,10 +29,11 @@ from .kernels import native as native_kernels
 from .kernels.flex import flex_attention, flex_unavailable
 from .kernels.groups import group_attention, scene_attention
 from .kernels.keysets import keyset_attention
+from .kernels.natten import natten_attention, natten_unavailable
 from .kernels.reference import reference_attention, reference_attention_lse
 from .layout import Grid, Points, as_points
-from .patterns import HeadSplit, KeySetPattern, Pattern, Separable
-from .patterns.axis import AllRule
+from .patterns import HeadSplit, KeySetPattern, Pattern, Separable, Window
+from .patterns.axis import AllRule, PartitionRule
 from .patterns.sorted import SortedGroups
 
 
@@ -200,6 +201,26 @@ def _flex_supports(call: Call) -> str | None:
     return flex_unavailable(call.pattern, call.device, call.dtype, call.needs_grad)
 
 
+def _natten_supports(call: Call) -> str | None:
+    if (reason := _grid_mask(call)) is not None:
+        return reason
+    return natten_unavailable(call.pattern, call.layout, call.device, call.dtype, call.head_dim)
+
+
+def _natten_declines(call: Call) -> str | None:
+    if isinstance(call.pattern, Window):
+        return "leaves whole windows to the tiled path (flash SDPA per window, no mask)"
+    return None
+
+
+def _flex_declines(call: Call) -> str | None:
+    if isinstance(call.pattern, Separable) and all(
+        isinstance(r, AllRule | PartitionRule) for r in call.pattern.axis_rules(call.layout)
+    ):
+        return "leaves partitions into whole tiles to the tiled path (SDPA per tile, no mask)"
+    return None
+
+
 def _reference_supports(call: Call) -> str | None:
     if isinstance(call.pattern, HeadSplit) and not call.pattern.is_mask:
         return "runs a head split with parts over new keys one head group at a time"
@@ -252,6 +273,10 @@ def _run_flex(q, k, v, call: Call, scale: float, tile) -> torch.Tensor:
     return flex_attention(q, k, v, call.pattern, call.layout, scale)
 
 
+def _run_natten(q, k, v, call: Call, scale: float, tile):
+    return natten_attention(q, k, v, call.pattern, call.layout, scale, call.lse)
+
+
 def _run_reference(q, k, v, call: Call, scale: float, tile):
     if isinstance(call.pattern, KeySetPattern):
         return call.pattern.reference(q, k, v, call.layout, scale)
@@ -298,10 +323,19 @@ _ALL = (
         _run_tiled,
     ),
     Backend(
+        "natten",
+        "NATTEN's fused CUDA kernels (when installed) for neighborhoods and whole windows",
+        _natten_supports,
+        _run_natten,
+        declines=_natten_declines,
+        returns_lse=True,
+    ),
+    Backend(
         "flex",
         "PyTorch's compiled FlexAttention with the pattern as its mask function",
         _flex_supports,
         _run_flex,
+        declines=_flex_declines,
         head_split=True,
     ),
     Backend(

@@ -17,9 +17,13 @@ from .kernels import native as native_kernels
 from .layout import Grid, Points
 from .patterns import HeadSplit, Pattern
 
-#: ``auto``'s priority order per device type (others: "default").
+#: ``auto``'s priority order per device type (others: "default"). On CUDA: NATTEN's fused
+#: kernels for neighborhoods (when installed), FlexAttention for other masks that do not
+#: partition the grid (its block mask cached per pattern and shape), flash / cuDNN SDPA on
+#: gathered tiles for windows, stripes and axial attention, the block-sparse path last.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("keyset", "sdpa", "native", "groups", "scenes", "tiled", "blocksparse"),
+    "cuda": ("keyset", "sdpa", "natten", "groups", "scenes", "flex", "tiled", "blocksparse"),
     "default": ("keyset", "sdpa", "groups", "scenes", "tiled", "blocksparse"),
 }
 
