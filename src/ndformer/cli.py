@@ -338,6 +338,9 @@ def main(args: list[str] | None = None) -> None:
     if typer is None:
         sys.exit("ndformer's command line needs its extra: pip install 'ndformer[all]'")
     args = sys.argv[1:] if args is None else args
+    from . import cli_train
+
+    cli_train.ARGV[:] = args  # for train --nproc, which relaunches it under torchrun
     build_app()(args=expand_multi_value_options(args), prog_name="ndformer")
 
 

@@ -4,6 +4,7 @@ on the app built in ``cli.py``."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,30 @@ def _interrupted(out: Path) -> str:
     return (
         f"interrupted; the checkpoint of step {step} is intact: continue with --resume --out {out}"
     )
+
+
+#: The command line as given (set by ``cli.main``): ``--nproc`` relaunches it under torchrun.
+ARGV: list[str] = []
+
+
+def _launch(nproc: int) -> int:
+    """Run this ``ndformer train`` command line under ``torchrun --nproc-per-node nproc``
+    (without ``--nproc``); its exit code."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for arg in ARGV:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "ndformer", *args]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.run(command, env=env, check=False).returncode
 
 
 def register(app: typer.Typer, console, fail) -> None:
@@ -127,6 +152,13 @@ def register(app: typer.Typer, console, fail) -> None:
             bool, typer.Option(help="Print the plan (choices, time, memory) and exit.")
         ] = False,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+        nproc: Annotated[
+            int,
+            typer.Option(
+                help="Training processes (data parallel, gloo): launches torchrun"
+                " --nproc-per-node N with the same arguments; same result as one process."
+            ),
+        ] = 1,
     ) -> None:
         """Train a model on a task or on your data; checkpoints are written atomically.
 
@@ -138,8 +170,16 @@ def register(app: typer.Typer, console, fail) -> None:
         from .train import TrainConfig, fit, read_run, resolve_data
         from .train.checkpoint import holds_a_run
         from .train.defaults import choose_defaults
+        from .train.distributed import finish, main_first, world
         from .train.plan import plan_run
 
+        if nproc < 1:
+            fail(f"--nproc must be >= 1, got {nproc}")
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            raise typer.Exit(_launch(nproc))
+        where = world()
+        if where.parallel and time_budget is not None:
+            fail("--time-budget plans one process's steps; with several processes give --steps")
         if time_budget is not None and not 0 < time_budget < float("inf"):
             fail(f"--time-budget must be > 0 minutes, got {time_budget:g}")
         if time_budget is not None and steps is not None:
@@ -148,7 +188,7 @@ def register(app: typer.Typer, console, fail) -> None:
         if not resume and (problem := holds_a_run(out)) is not None:
             fail(problem)  # before the plan measures anything
         source = TrainConfig(task=task, data=None if data is None else str(data), seed=seed)
-        dataset = resolve_data(source, progress=True)
+        dataset = main_first(where, lambda: resolve_data(source, progress=where.main))
         fields, choices = choose_defaults(
             dataset, model=model, patch=patch,
             pattern=None if not pattern else (pattern[0] if len(pattern) == 1 else pattern),
@@ -164,7 +204,7 @@ def register(app: typer.Typer, console, fail) -> None:
             tensorboard=tensorboard, patience=patience,
         )  # fmt: skip
         plan = None
-        if not resume:
+        if not resume and where.main:
             config, plan = plan_run(config, dataset, choices, time_budget=time_budget)
             for line in plan.lines():
                 console.print(line)
@@ -178,6 +218,10 @@ def register(app: typer.Typer, console, fail) -> None:
         except KeyboardInterrupt:
             console.print(_interrupted(out))
             raise typer.Exit(code=130) from None
+        finally:
+            finish(where)
+        if not where.main:
+            return
         info = read_run(out)
         console.print(f"test {result.score}  ({result.samples_per_s:.0f} train samples/s)")
         _print_class_ious(console, result.score, info["data"].get("class_names"))

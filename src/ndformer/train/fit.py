@@ -34,6 +34,7 @@ from .data import (
     resolve_data,
     step_seed,
 )
+from .distributed import World, barrier, decide, main_first, share, world, wrap
 from .evaluate import evaluate_model
 from .metrics import Score
 from .plan import Plan, peak_resident_bytes
@@ -198,9 +199,20 @@ def fit(
     beside the measured wall time and peak memory.
     """
     out = check_output_dir(Path(out), create=False)
-    data = data or resolve_data(config, progress)  # bad data: refused before out is touched
-    with exclusive_dir(out):
-        return _fit(config, out, data, resume, progress, stop_after, time_limit, plan)
+    where = world()
+    # bad data: refused before out is touched; rank 0 builds (and caches) it first
+    data = data or main_first(where, lambda: resolve_data(config, progress and where.main))
+    if where.parallel and isinstance(data, PointTaskData):
+        raise TrainingError(
+            f"several processes train grid tasks only; {data.name} holds point clouds, whose"
+            " scenes differ in size (train with one process)"
+        )
+    if where.parallel and config.teacher == "conv":
+        raise TrainingError("several processes cannot train the conv teacher: train it first"
+                            " (one process) and pass its run as --teacher")  # fmt: skip
+    with exclusive_dir(out) if where.main else contextlib.nullcontext():
+        return _fit(config, out, data, resume, progress and where.main, stop_after, time_limit,
+                    plan, where)  # fmt: skip
 
 
 class _Best:
@@ -235,7 +247,48 @@ def _use_best(out: Path, model: NdModel) -> None:
     save_weights(out / "model.safetensors", model)
 
 
-def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan) -> RunResult:
+def _global_batch(config: TrainConfig, data: Data, index, step: int, where: World):
+    """Step ``step``'s global batch (samples and augmentation as one process draws them;
+    stochastic depth seeded by the step), and this process's share of it."""
+    torch.manual_seed(step_seed(config.seed, step))  # stochastic depth
+    gen = torch.Generator().manual_seed(step_seed(config.seed, step) + 1)
+    return share(make_batch(data, "train", index, gen if config.augment else None), where)
+
+
+def _stopping(done: int, stop_after, time_limit, began: float, where: World) -> bool:
+    """Whether the run stops after step ``done`` (rank 0's clock decides for every process)."""
+    if done == stop_after:
+        return True
+    if time_limit is None:
+        return False
+    return decide(time.perf_counter() - began > time_limit, where)
+
+
+def _follow(config, out, data, model, optimizer, start, best, stop_after, time_limit, began,
+            where: World) -> RunResult:  # fmt: skip
+    """A process other than rank 0: the same steps on its share, no writing, no
+    validation; it stops when rank 0 does."""
+    if start >= config.steps or best.stopped:
+        return RunResult(out, model, None, 0.0, start)
+    trained, meter, done = wrap(model, where), _Meter(), start
+    every = config.eval_every or max(1, config.steps // 10)
+    for step in range(start, config.steps):
+        tick = time.perf_counter()
+        index = batch_indices(config, num_samples(data, "train"), step)
+        batch = _global_batch(config, data, index, step, where)
+        result = train_step(trained, optimizer, config, step, batch, None, out=out, where=where)
+        meter.add(result.loss, result.metric, len(index), time.perf_counter() - tick)
+        done = step + 1
+        stopping = _stopping(done, stop_after, time_limit, began, where)
+        if (done % every == 0 or done == config.steps or stopping) and decide(False, where):
+            break
+        if stopping:
+            break
+    return RunResult(out, model, None, meter.rate, done)
+
+
+def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan,
+         where: World) -> RunResult:  # fmt: skip
     began = time.perf_counter()
     model = build_for(config, data)
     check_model_fits(model, data)
@@ -243,6 +296,10 @@ def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan
     settings = config.to_dict()
     start = restore(out, settings, resume, model, optimizer)
     best = _Best(read_state(out).get("best") if start else None)
+    barrier(where)  # every process has read the run before rank 0 writes to it
+    if not where.main:
+        return _follow(config, out, data, model, optimizer, start, best, stop_after,
+                       time_limit, began, where)  # fmt: skip
     if start >= config.steps or best.stopped:  # a finished run: its weights are verified
         previous = read_run(out) if (out / "run.json").exists() else {}
         if config.patience is not None and best.step is not None:
@@ -262,22 +319,20 @@ def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan
     every = config.eval_every or max(1, config.steps // 10)
     reporter = Reporter(out, config, start, progress, f"{config.model} {config.pattern or ''}")
     train_size, meter = num_samples(data, "train"), _Meter()
+    trained = wrap(model, where)
     done = start
     try:
         for step in range(start, config.steps):
             tick = time.perf_counter()
-            torch.manual_seed(step_seed(config.seed, step))  # stochastic depth
             index = batch_indices(config, train_size, step)
-            gen = torch.Generator().manual_seed(step_seed(config.seed, step) + 1)
-            batch = make_batch(data, "train", index, gen if config.augment else None)
-            result = train_step(model, optimizer, config, step, batch, teacher, out=out)
+            batch = _global_batch(config, data, index, step, where)
+            result = train_step(trained, optimizer, config, step, batch, teacher, out=out,
+                                where=where)  # fmt: skip
             meter.add(result.loss, result.metric, len(index), time.perf_counter() - tick)
             done = step + 1
             reporter.advance(done, meter.info())
             last = done == config.steps
-            stopping = done == stop_after or (
-                time_limit is not None and time.perf_counter() - began > time_limit
-            )
+            stopping = _stopping(done, stop_after, time_limit, began, where)
             if done % every == 0 or last or stopping:
                 val = evaluate_model(model, data, "val", limit=config.eval_samples)
                 reporter.log(meter.row(done, lr_at(config, step), val))
@@ -285,8 +340,8 @@ def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan
                 if config.patience is not None and best.update(done, val.value, config.patience):
                     save_weights(out / "best.safetensors", model)
                 save_checkpoint(out, done, settings, model, optimizer, best=best.to_dict())
-            if best.stopped:
-                break
+                if decide(best.stopped, where):
+                    break
             if stopping and not last:
                 return RunResult(out, model, None, meter.rate, done)
     finally:

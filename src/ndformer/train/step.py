@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..models import NdModel
 from ..tasks.points import IGNORE
 from .config import TrainConfig, TrainingError
+from .distributed import World, global_means, loss_weight
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -67,17 +68,21 @@ def train_step(
     batch: tuple,
     teacher: NdModel | None = None,
     out: object = None,
+    where: World | None = None,
 ) -> StepResult:
     """Step ``step`` (0-based) on ``batch`` = (inputs, labels): the scheduled learning
     rate, the step's seed for stochastic depth, cross-entropy (plus distillation from
     ``teacher``), backward, gradient clipping and the optimizer step. Raises
     ``TrainingError`` if the loss is not finite (before any weight changes; ``out``, the
-    run directory, is named in the message)."""
+    run directory, is named in the message). With several processes (``where``), ``batch``
+    is this process's share of the global batch and the result is the global batch's."""
+    where = where or World()
     model.train()
     lr = lr_at(config, step)
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = batch
+    weight, _ = loss_weight(y, where)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
@@ -86,15 +91,16 @@ def train_step(
                 target = teacher.eval()(x).float()
             kd = distill_loss(logits.float(), target, config.temperature, y)
             loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
-    if not torch.isfinite(loss):
-        raise TrainingError(f"loss became {loss.item()} at step {step + 1} (the data are finite:"
+    value, metric = global_means(loss.item(), train_metric(logits, y), y, where)
+    if not math.isfinite(value):  # every process sees the same global value
+        raise TrainingError(f"loss became {value} at step {step + 1} (the data are finite:"
                             f" training diverged; try a lower --lr); {_kept(out)}")  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     if config.clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
     optimizer.step()
-    return StepResult(loss.item(), train_metric(logits, y))
+    return StepResult(value, metric)
 
 
 def _kept(out) -> str:
