@@ -79,21 +79,25 @@ def one_block_per_stage(name: str) -> dict:
 
 
 def assert_compiles_like_eager(model, *inputs, graph_breaks: int | None = 0):
-    """``torch._dynamo.explain`` finds ``graph_breaks`` breaks (None: any number), and the
-    compiled model (aot_eager: autograd through every op) gives eager's outputs and
-    parameter gradients in float64."""
-    if graph_breaks is not None:
-        explanation = torch._dynamo.explain(model)(*inputs)
-        assert explanation.graph_break_count == graph_breaks, [
-            str(b.reason).splitlines()[0] for b in explanation.break_reasons
-        ]
-        torch._dynamo.reset()
+    """The compiled model (aot_eager: autograd through every op, custom ops included) is
+    captured in ``graph_breaks + 1`` graphs (None: any number) and gives eager's outputs
+    and parameter gradients in float64. One compilation does both: the backend counts the
+    graphs dynamo hands it (as ``torch._dynamo.explain`` would, without a second trace)."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
     params = [p for p in model.parameters() if p.requires_grad]
     eager = model(*inputs)
     eager_grads = torch.autograd.grad(eager.square().sum(), params, allow_unused=True)
-    compiled = torch.compile(model, backend="aot_eager")
-    out = compiled(*inputs)
+    out = torch.compile(model, backend=counting)(*inputs)
     grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    if graph_breaks is not None:
+        assert len(graphs) == graph_breaks + 1, [str(g.code)[:200] for g in graphs]
     torch.testing.assert_close(out, eager, rtol=1e-10, atol=1e-12)
     for a, b in zip(grads, eager_grads, strict=True):
         assert (a is None) == (b is None)
@@ -141,3 +145,23 @@ def test_every_model_compiles_like_eager(name):
     model = ndformer.create_model(name, in_chans=3, num_classes=4, voxel_size=0.25, patch=2,
                                   **overrides).double()  # fmt: skip
     assert_compiles_like_eager(model, batch, graph_breaks=None)
+
+
+def test_the_graph_count_sees_a_graph_break():
+    """The check of the tests above can fail: a module that breaks its graph once."""
+
+    class Breaks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4).double(), torch.nn.Linear(4, 4).double()
+
+        def forward(self, x):
+            x = self.a(x)
+            torch._dynamo.graph_break()
+            return self.b(x)
+
+    x = torch.randn(2, 4, dtype=torch.float64)
+    assert_compiles_like_eager(Breaks(), x, graph_breaks=1)
+    torch._dynamo.reset()
+    with pytest.raises(AssertionError):
+        assert_compiles_like_eager(Breaks(), x, graph_breaks=0)

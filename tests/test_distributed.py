@@ -40,16 +40,18 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run in one process and in two (``--nproc 2``)."""
+    """The same run in two processes (``ndformer train --nproc 2``) and, with the settings
+    that run recorded, in one."""
+    from ndformer.train import TrainConfig, fit, read_run
+
     root = tmp_path_factory.mktemp("ddp")
-    os.environ.setdefault("NDFORMER_CACHE", str(root / "cache"))
     args = ["train", "--task", "digits", "--model", "vit-tiny", "--overrides",
             json.dumps({"depth": 1, "dim": 32, "heads": 2}), "--steps", "6", "--batch-size",
             "8", "--eval-every", "3"]  # fmt: skip
-    one = cli(*args, "--out", str(root / "one"), timeout=300)
-    assert one.returncode == 0, one.stderr
     two = cli(*args, "--nproc", "2", "--out", str(root / "two"), timeout=300)
     assert two.returncode == 0, two.stderr
+    assert two.stdout.count("run directory:") == 1  # rank 0 alone reports
+    fit(TrainConfig(**read_run(root / "two")["train"]), root / "one", progress=False)
     return root
 
 
