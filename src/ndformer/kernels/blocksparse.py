@@ -19,6 +19,7 @@ from .._cache import plan_cache
 from ..layout import Grid
 from ..patterns import Pattern
 from .geometry import TileGeometry, block_any, tile_geometry, tile_mask
+from .merge import lse_dtype
 
 #: Key columns processed per step (chunk of key tiles); bounds the score memory.
 KEYS_PER_STEP = 256
@@ -145,12 +146,11 @@ def _to_tiles(x: torch.Tensor, geometry: TileGeometry, dtype: torch.dtype) -> to
     return x.view(b, h, geometry.num_tiles, geometry.tile_tokens, *channels)
 
 
-def _from_tiles(x: torch.Tensor, geometry: TileGeometry, like: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``_to_tiles`` for ``like``'s shape [B, h, N, ...] and dtype (padding
-    slots dropped: every token is read from its own slot)."""
-    b, h = like.shape[:2]
-    x = x.reshape(b * h, geometry.num_tiles * geometry.tile_tokens, -1)
-    return x.index_select(1, geometry.inverse).reshape(like.shape).to(like.dtype)
+def _from_tiles(x: torch.Tensor, geometry: TileGeometry, shape, dtype) -> torch.Tensor:
+    """The inverse of ``_to_tiles``: token order, ``shape`` [B, h, N, ...] and ``dtype``
+    (padding slots dropped: every token is read from its own slot)."""
+    x = x.reshape(shape[0] * shape[1], geometry.num_tiles * geometry.tile_tokens, -1)
+    return x.index_select(1, geometry.inverse).reshape(shape).to(dtype)
 
 
 def block_sparse_forward(
@@ -166,10 +166,8 @@ def block_sparse_forward(
     geometry, dtype = plan.geometry, _compute_dtype(q.dtype)
     out, lse = _forward(*(_to_tiles(x, geometry, dtype) for x in (q, k, v)), plan, scale)
     lse = torch.where(torch.isinf(lse), float("-inf"), lse)
-    lse_like = q.new_empty(q.shape[:3], dtype=torch.promote_types(q.dtype, torch.float32))
-    return _from_tiles(out, geometry, q.new_empty(*q.shape[:3], v.shape[-1])), _from_tiles(
-        lse, geometry, lse_like
-    )
+    out = _from_tiles(out, geometry, (*q.shape[:3], v.shape[-1]), q.dtype)
+    return out, _from_tiles(lse, geometry, q.shape[:3], lse_dtype(q.dtype))
 
 
 def block_sparse_backward(
@@ -193,4 +191,5 @@ def block_sparse_backward(
     grad_lse = torch.zeros_like(lse) if grad_lse is None else _to_tiles(grad_lse, geometry, dtype)
     q_t, k_t, v_t, out_t, grad_out_t = tiles
     grads = _backward(q_t, k_t, v_t, out_t, lse, grad_out_t, grad_lse, plan, scale)
-    return tuple(_from_tiles(g, geometry, x) for g, x in zip(grads, (q, k, v), strict=True))
+    return tuple(_from_tiles(g, geometry, x.shape, x.dtype)
+                 for g, x in zip(grads, (q, k, v), strict=True))  # fmt: skip

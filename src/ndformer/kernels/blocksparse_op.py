@@ -18,6 +18,7 @@ from ..layout import Grid
 from ..patterns import Pattern
 from ..patterns import pattern as parse_pattern
 from .blocksparse import block_sparse_backward, block_sparse_forward, block_sparse_plan
+from .merge import lse_dtype
 
 
 @functools.lru_cache(maxsize=256)
@@ -27,10 +28,6 @@ def _parsed(spec: str) -> Pattern:
 
 def _plan(q: Tensor, spec: str, shape: list[int], tile: list[int]):
     return block_sparse_plan(_parsed(spec), Grid(tuple(shape)), tuple(tile), q.shape[1], q.device)
-
-
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 @torch.library.custom_op("ndformer::block_sparse", mutates_args=())
@@ -44,7 +41,7 @@ def block_sparse_op(
 @block_sparse_op.register_fake
 def _(q, k, v, spec, shape, tile, scale):
     out = q.new_empty(*q.shape[:3], v.shape[-1])
-    return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
+    return out, q.new_empty(q.shape[:3], dtype=lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("ndformer::block_sparse_backward", mutates_args=())

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend returns the log-sum-exp in: float32 for half inputs, else
+    the inputs' own."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -24,7 +26,7 @@ def masked_attention_lse(
     over the allowed keys j. A query without keys gets out 0 and lse -inf (with finite
     gradients), where SDPA would give NaN.
     """
-    scores = torch.matmul(q, k.transpose(-1, -2)).to(_lse_dtype(q.dtype)) * scale
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(lse_dtype(q.dtype)) * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)

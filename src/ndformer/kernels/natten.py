@@ -24,6 +24,7 @@ import torch
 from .._checks import per_axis
 from ..layout import Grid
 from ..patterns import Neighborhood, Pattern, Window
+from .merge import lse_dtype
 
 #: NATTEN's functional API covers 1-D to 3-D.
 MAX_NDIM = 3
@@ -117,4 +118,4 @@ def natten_attention(
     out = out.reshape(b, n, h, v.shape[-1]).transpose(1, 2)
     if not return_lse:
         return out
-    return out, lse.reshape(b, n, h).transpose(1, 2).to(torch.promote_types(q.dtype, torch.float32))
+    return out, lse.reshape(b, n, h).transpose(1, 2).to(lse_dtype(q.dtype))
