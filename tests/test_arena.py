@@ -3,6 +3,7 @@ seed intervals, and a resume that loses nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -41,9 +42,9 @@ def outcome(rows):
 
 def test_two_runs_give_the_same_steps_and_scores(tmp_path):
     wall = time.perf_counter()
-    first, notes = run_arena(tiny_arena(tmp_path, "a"))
+    first, notes = run_arena(tiny_arena(tmp_path, "a", jobs=1))
     wall = time.perf_counter() - wall
-    second, _ = run_arena(tiny_arena(tmp_path, "b"))
+    second, _ = run_arena(tiny_arena(tmp_path, "b", jobs=2))  # parallel: the same figures
     assert outcome(first) == outcome(second)
     assert [r["steps"] for r in first] == [4, 4] and notes["samples"] == 32
     for row in first:  # costs come from the interleaved measurement after training
@@ -118,7 +119,7 @@ def test_sigkilled_arena_resumes_only_the_unfinished_entries(tmp_path):
     config = tiny_arena(tmp_path, "killed", steps=6)
     args = [sys.executable, "-m", "ndformer", "arena", "--data", config.data, "--patterns",
             "full", "window(2)", "--overrides", json.dumps(TINY), "--steps", "6",
-            "--batch-size", "8", "--out", str(config.out)]  # fmt: skip
+            "--batch-size", "8", "--jobs", "1", "--out", str(config.out)]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     first = config.out / "runs" / "full-seed0" / "entry.json"
@@ -129,7 +130,7 @@ def test_sigkilled_arena_resumes_only_the_unfinished_entries(tmp_path):
     proc.wait()
     assert first.exists() and not (config.out / "runs" / "window-2-seed0" / "entry.json").exists()
     kept = first.stat().st_mtime_ns
-    rows, _ = run_arena(config, resume=True)
+    rows, _ = run_arena(dataclasses.replace(config, jobs=2), resume=True)  # jobs may differ
     assert first.stat().st_mtime_ns == kept  # not retrained
     assert outcome(rows) == outcome(reference)
     with pytest.raises(ValueError, match=r"settings differ .* in \['steps'\]"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytest.importorskip("typer")
@@ -103,10 +105,12 @@ def test_the_arena_plans_every_entry_and_a_dry_run_trains_nothing(tmp_path):
     from test_arena import tiny_arena
 
     printed: list[str] = []
-    config = tiny_arena(tmp_path, "dry")
+    config = tiny_arena(tmp_path, "dry", jobs=2)
     rows, notes = run_arena(config, on_plan=printed.extend, dry_run=True)
     assert rows == [] and not config.out.exists()
-    assert printed[0] == "plan:" and printed[1].lstrip().startswith("full ")
+    assert printed[0] == "plan: 2 entries at a time, on 1 thread each:" and printed[
+        1
+    ].lstrip().startswith("full ")
     assert "4 steps x" in printed[1] and "window(2)" in printed[2]
     assert printed[-1].startswith("  in all   about")
     assert notes["plan"]["seconds"] > 0 and notes["plan"]["peak_bytes"] > 2**20
@@ -133,4 +137,38 @@ def test_the_arena_estimate_adds_runs_workers_and_cost_rounds():
     assert arena_seconds(plans, 5) == pytest.approx(90 + 3 * WORKER_SECONDS + 6 * 0.75)
     lines = plan_lines(["full", "window(4)"], [120, 120], plans, 5)
     assert lines[1] == "  full       120 steps x 0.50 s, about 60 s, 1.0 GiB peak"
-    assert "at most 1.0 GiB at once" in lines[-1]
+    assert "at most 1.0 GiB at once" in lines[-1] and lines[0].startswith("plan: 1 entry at")
+    # two at a time: the longer run and its worker, then the costs; both peaks at once
+    assert arena_seconds(plans, 5, jobs=2) == pytest.approx(
+        60 + WORKER_SECONDS + WORKER_SECONDS + 6 * 0.75
+    )
+    lines = plan_lines(["full", "window(4)"], [120, 120], plans, 5, jobs=2, threads=1)
+    assert lines[0] == "plan: 2 entries at a time, on 1 thread each:"
+    assert "at most 1.5 GiB at once" in lines[-1]
+    three = [*plans, dict(seconds=20.0, step_seconds=0.1, peak_bytes=2**20)]
+    # the third starts when the second finishes (30 + worker) and ends before the first
+    assert arena_seconds(three, 5, jobs=2) == pytest.approx(60 + 2 * WORKER_SECONDS + 6 * 0.85)
+
+
+def test_parallel_entries_start_in_order_and_at_most_jobs_at_a_time():
+    import threading
+
+    from ndformer.arena.jobs import run_parallel
+
+    running, most, started = [0], [0], []
+    lock = threading.Lock()
+
+    def run(number):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02 * (5 - number))
+        with lock:
+            running[0] -= 1
+        return dict(number=number)
+
+    finished = list(run_parallel(run, 5, 2, on_start=started.append))
+    assert started == [0, 1, 2, 3, 4] and most[0] == 2
+    assert sorted(n for n, _ in finished) == list(range(5))
+    assert all(row == dict(number=n) for n, row in finished)
+    assert list(run_parallel(run, 3, 1)) == [(n, dict(number=n)) for n in range(3)]

@@ -177,9 +177,11 @@ def _alive(pid: int) -> bool:  # pragma: no cover - Windows path
     return True
 
 
-def run_json_worker(module: str, request: Any, timeout: float | None = None) -> Any:
-    """Run ``python -m module`` with ``request`` as JSON on stdin; return its last stdout line
-    parsed as JSON. Raises ``RuntimeError`` with the worker's last error line if it fails."""
+def run_json_worker(module: str, request: Any, timeout: float | None = None,
+                    env: dict[str, str] | None = None) -> Any:  # fmt: skip
+    """Run ``python -m module`` with ``request`` as JSON on stdin (in environment ``env``,
+    default this one's); return its last stdout line parsed as JSON. Raises
+    ``RuntimeError`` with the worker's last error line if it fails."""
     proc = subprocess.run(
         [sys.executable, "-m", module],
         input=json.dumps(request),
@@ -187,6 +189,7 @@ def run_json_worker(module: str, request: Any, timeout: float | None = None) -> 
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]

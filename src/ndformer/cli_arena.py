@@ -101,6 +101,20 @@ def register_arena(app: typer.Typer, console, fail) -> None:
         eval_every: Annotated[
             int, typer.Option(help="Validate every N steps (0: ten times per entry).")
         ] = 0,
+        jobs: Annotated[
+            int | None,
+            typer.Option(
+                help="Entries that train at a time, each in its own process. Changes the"
+                " wall time, not the results. [default: as many as the cores hold]"
+            ),
+        ] = None,
+        threads: Annotated[
+            int,
+            typer.Option(
+                help="Torch threads per training entry (fixed, so the results do not"
+                " depend on the machine's cores or on --jobs)."
+            ),
+        ] = 1,
         dry_run: Annotated[
             bool, typer.Option(help="Print the plan (time and memory per entry) and exit.")
         ] = False,
@@ -121,6 +135,8 @@ def register_arena(app: typer.Typer, console, fail) -> None:
             token_merging=list(token_merging or []),
             keep_rates=list(keep_rate or []),
             eval_every=eval_every,
+            threads=threads,
+            jobs=0 if jobs is None else jobs,
         )
         if task is not None or data is not None:
             config.task, config.data = task, None if data is None else str(data)

@@ -24,6 +24,7 @@ from typing import Any
 from .._checks import check_int
 from .._io import exclusive_dir, run_json_worker
 from ..errors import DataError, UsageError
+from .jobs import default_jobs, run_parallel, thread_env
 
 #: The default arena: a long-range task where local patterns are at a disadvantage, a
 #: small transformer, and 57,600 training samples per entry (about 7 minutes on 2 cores).
@@ -69,6 +70,12 @@ class ArenaConfig:
     #: Validate every this many steps (0: ten times per run); the test split is scored
     #: once at the end either way.
     eval_every: int = 0
+    #: Torch threads of every training worker. Fixed (not the machine's core count), so
+    #: an entry computes the same floats on any machine and with any ``jobs``.
+    threads: int = 1
+    #: Entries that train at a time, each in its own process (0: as many as the cores
+    #: hold at ``threads`` each). Changes the wall time only.
+    jobs: int = 0
     out: Path = Path("arena-results")
 
     def __post_init__(self) -> None:
@@ -82,9 +89,10 @@ class ArenaConfig:
             raise ValueError(f"token_merging values must be ints >= 1, got {self.token_merging}")
         if any(isinstance(k, bool) or not 0 < k < 1 for k in self.keep_rates):
             raise ValueError(f"keep_rates must be in (0, 1), got {self.keep_rates}")
-        for name in ("seeds", "steps", "batch_size"):
+        for name in ("seeds", "steps", "batch_size", "threads"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("eval_every", self.eval_every, minimum=0)
+        check_int("jobs", self.jobs, minimum=0)
         if self.budget not in BUDGETS:
             raise UsageError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if self.budget == "minutes" and not (self.minutes is not None and 0 < self.minutes < 1e6):
@@ -116,9 +124,12 @@ class ArenaConfig:
         )
 
 
-def _run_worker(module: str, request: dict[str, Any]) -> dict[str, Any]:
+def _run_worker(module: str, request: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """``module``'s answer to ``request`` (``{"error": ...}`` if it failed), run on
+    ``threads`` torch threads (default: the machine's)."""
+    env = None if threads is None else thread_env(threads)
     try:
-        return run_json_worker(module, request)
+        return run_json_worker(module, request, env=env)
     except RuntimeError as error:
         return dict(error=str(error))
 
@@ -166,33 +177,66 @@ def run_arena(
         if dry_run:
             return rows, notes
         _record(config, dict(saved, **config_dict(config), entry_steps=steps))
-        for number, ((label, spec, extra), seed) in enumerate(entries):
-            if on_entry is not None:
-                on_entry(number, len(entries), label, {})
-            run_dir = config.out / "runs" / f"{_slug(label)}-seed{seed}"
-            train = dict(config.train_config(spec, seed, extra), steps=steps[number])
-            row = _finished(run_dir, train) if resume else None
-            if row is None:
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)
-                entry_started = time.perf_counter()
-                result = _run_worker("ndformer.arena.measure", dict(config=train, out=str(run_dir)))
-                row = dict(pattern=label, seed=seed, seconds=time.perf_counter() - entry_started,
-                           run=str(run_dir), config=train, **result)  # fmt: skip
-                if "error" not in row:
-                    _write_entry(run_dir, row)
-            rows.append(row)
-            if on_entry is not None:
-                on_entry(number + 1, len(entries), label, row)
+        _train_entries(config, entries, steps, resume, rows, on_entry)
         _measure_costs(rows, notes)
     notes["seconds"] = time.perf_counter() - started
     return rows, notes
 
 
+def _train_entries(config: ArenaConfig, entries, steps: list[int], resume: bool,
+                   rows: list[dict[str, Any]],
+                   on_entry: Callable[[int, int, str, dict], None] | None) -> None:  # fmt: skip
+    """Train every entry not finished yet, ``config.jobs`` at a time, each in its own
+    worker on ``config.threads`` threads; append the rows to ``rows`` in entry order
+    (the finished ones even when interrupted)."""
+    total = len(entries)
+    runs = []
+    for number, ((label, spec, extra), seed) in enumerate(entries):
+        run_dir = config.out / "runs" / f"{_slug(label)}-seed{seed}"
+        train = dict(config.train_config(spec, seed, extra), steps=steps[number])
+        runs.append((label, seed, run_dir, train))
+    done: dict[int, dict[str, Any]] = {}
+    for number, (label, _, run_dir, train) in enumerate(runs):
+        row = _finished(run_dir, train) if resume else None
+        if row is not None:
+            done[number] = row
+            if on_entry is not None:
+                on_entry(number, total, label, {})
+                on_entry(number + 1, total, label, row)
+    todo = [number for number in range(total) if number not in done]
+
+    def train(index: int) -> dict[str, Any]:
+        label, seed, run_dir, train = runs[todo[index]]
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        started = time.perf_counter()
+        request = dict(config=train, out=str(run_dir))
+        result = _run_worker("ndformer.arena.measure", request, threads=config.threads)
+        row = dict(pattern=label, seed=seed, seconds=time.perf_counter() - started,
+                   run=str(run_dir), config=train, **result)  # fmt: skip
+        if "error" not in row:
+            _write_entry(run_dir, row)
+        return row
+
+    def on_start(index: int) -> None:
+        if on_entry is not None:
+            on_entry(todo[index], total, runs[todo[index]][0], {})
+
+    jobs = config.jobs or default_jobs(config.threads, len(todo))
+    try:
+        for index, row in run_parallel(train, len(todo), jobs, on_start):
+            number = todo[index]
+            done[number] = row
+            if on_entry is not None:
+                on_entry(number + 1, total, runs[number][0], row)
+    finally:
+        rows.extend(done[number] for number in sorted(done))
+
+
 def _plan(config: ArenaConfig, entries, steps, resume: bool, notes: dict[str, Any],
           on_plan: Callable[[list[str]], None] | None) -> None:  # fmt: skip
     """Plan the entries that will train (see ``run_arena``)."""
-    from .plan import arena_seconds, plan_lines
+    from .plan import arena_seconds, peak_at_once, plan_lines
 
     todo = []
     for number, ((label, spec, extra), seed) in enumerate(entries):
@@ -202,7 +246,8 @@ def _plan(config: ArenaConfig, entries, steps, resume: bool, notes: dict[str, An
             todo.append((f"{label} seed {seed}" if config.seeds > 1 else label, train))
     if not todo:
         return
-    planned = _run_worker("ndformer.arena.plan", dict(configs=[t for _, t in todo]))
+    planned = _run_worker("ndformer.arena.plan", dict(configs=[t for _, t in todo]),
+                          threads=config.threads)  # fmt: skip
     if "refused" in planned:
         raise UsageError(f"arena entry {todo[planned['entry']][0]}: {planned['refused']}")
     if "error" in planned:
@@ -211,11 +256,14 @@ def _plan(config: ArenaConfig, entries, steps, resume: bool, notes: dict[str, An
             on_plan([f"plan: could not measure the entries ({planned['error']})"])
         return
     plans = planned["plans"]
-    notes["plan"] = dict(seconds=arena_seconds(plans, COST_ROUNDS),
-                         peak_bytes=max(p["peak_bytes"] for p in plans))  # fmt: skip
+    jobs = config.jobs or default_jobs(config.threads, len(todo))
+    notes["plan"] = dict(seconds=arena_seconds(plans, COST_ROUNDS, jobs),
+                         peak_bytes=peak_at_once(plans, jobs), jobs=jobs,
+                         threads=config.threads)  # fmt: skip
     if on_plan is not None:
         labels = [label for label, _ in todo]
-        on_plan(plan_lines(labels, [t["steps"] for _, t in todo], plans, COST_ROUNDS))
+        steps = [t["steps"] for _, t in todo]
+        on_plan(plan_lines(labels, steps, plans, COST_ROUNDS, jobs, config.threads))
 
 
 def _check_resume(config: ArenaConfig, resume: bool) -> dict[str, Any]:
@@ -230,7 +278,8 @@ def _check_resume(config: ArenaConfig, resume: bool) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise DataError(f"--resume: {path} is unreadable ({error})") from None
     settings = json.loads(json.dumps(config_dict(config)))
-    changed = sorted(k for k in settings if k != "out" and saved.get(k) != settings[k])
+    changed = sorted(k for k in settings
+                     if k not in ("out", "jobs") and saved.get(k) != settings[k])  # fmt: skip
     if changed:
         raise DataError(f"--resume: the settings differ from the arena in {config.out} in"
                         f" {changed}")  # fmt: skip
