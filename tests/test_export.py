@@ -71,7 +71,7 @@ def test_what_cannot_be_exported_is_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match=r"the example input has shape \(1, 3, 32, 32\)"):
         export_model(model, torch.randn(1, 3, 32, 32), "pt2", tmp_path / "m.pt2")
     volt = ndformer.create_model("volt-tiny", depth=1, dim=24, heads=2)
-    with pytest.raises(UsageError, match="volt-tiny is a point model: its voxelization"):
+    with pytest.raises(ValueError, match="volt-tiny segments point clouds: the example input"):
         export_model(volt, torch.randn(1, 3, 8, 8, 8), "pt2", tmp_path / "m.pt2")
     assert not list(tmp_path.iterdir())
 

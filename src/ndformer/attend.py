@@ -13,7 +13,7 @@ from ._checks import check_per_axis, needs_grad, per_axis
 from ._compile import assume_constant_result, eager_under_compile
 from .backends import Call
 from .kernels.merge import masked_attention_lse, merge_attentions
-from .layout import Grid, Points, as_layout
+from .layout import FixedPoints, Grid, Points, as_layout
 from .patterns import HeadSplit, Pattern
 from .patterns import pattern as parse_pattern
 
@@ -140,13 +140,15 @@ def attend(
     k, v = expand_kv(k, v, q.shape[1])
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    pattern.check(layout)
+    if not isinstance(layout, FixedPoints):  # checked when its group ids were made
+        pattern.check(layout)
     tiles = _tile(tile, layout) if isinstance(layout, Grid) else ()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     grad = needs_grad(q, k, v)
     lse = bool(return_lse) or extra is not None
     call = Call(pattern, layout, q.device, q.dtype, q.shape[1], q.shape[-1], grad, lse)
-    run = _dispatch if isinstance(layout, Grid) else _dispatch_points
+    # on FixedPoints the data-dependent parts were done before: traceable like a grid
+    run = _dispatch if isinstance(layout, (Grid, FixedPoints)) else _dispatch_points
     result = run(q, k, v, call, scale, tiles, backend)
     if extra is not None:  # the extra tokens: one dense [N, T] block, merged exactly
         both = masked_attention_lse(q, *expand_kv(*extra, q.shape[1]), scale)

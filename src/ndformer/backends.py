@@ -31,7 +31,7 @@ from .kernels.groups import group_attention, scene_attention
 from .kernels.keysets import keyset_attention
 from .kernels.natten import natten_attention, natten_unavailable
 from .kernels.reference import reference_attention, reference_attention_lse
-from .layout import Grid, Points, as_points
+from .layout import FixedPoints, Grid, Points, as_points
 from .patterns import HeadSplit, KeySetPattern, Pattern, Separable, Window
 from .patterns.axis import AllRule, PartitionRule
 from .patterns.sorted import SortedGroups
@@ -140,10 +140,16 @@ def _grouped(call: Call) -> bool:
     return not call.on_grid or isinstance(call.pattern, SortedGroups)
 
 
-@functools.lru_cache(maxsize=8)
 def group_ids(pattern: Pattern, layout: Grid | Points) -> torch.Tensor | None:
-    """``pattern.group_ids`` of ``layout`` as points, cached for the last few (pattern,
-    layout) pairs (a ``Points`` layout is hashed by identity)."""
+    """``pattern.group_ids`` of ``layout`` as points (given for ``FixedPoints``), cached
+    for the last few (pattern, layout) pairs (a ``Points`` layout is hashed by identity)."""
+    if isinstance(layout, FixedPoints):
+        return layout.group_ids_of(pattern)
+    return _group_ids(pattern, layout)
+
+
+@functools.lru_cache(maxsize=8)
+def _group_ids(pattern: Pattern, layout: Grid | Points) -> torch.Tensor | None:
     return pattern.group_ids(as_points(layout))
 
 

@@ -279,15 +279,19 @@ def register(app: typer.Typer, console, fail) -> None:
 
     @app.command("export", epilog=EXAMPLES_EXPORT)
     def export(
-        run: Annotated[Path, typer.Argument(help="A run directory of a grid model.")],
+        run: Annotated[Path, typer.Argument(help="A run directory (grid or volt model).")],
         out: Annotated[Path, typer.Option(help="The file to write (.pt2 or .onnx).")],
         fmt: Annotated[
             str | None, typer.Option("--format", help="pt2 or onnx (default: from --out).")
         ] = None,
-        batch: Annotated[int, typer.Option(help="Batch size of the traced example.")] = 1,
+        batch: Annotated[
+            int, typer.Option(help="Batch size (scenes for point models) of the traced example.")
+        ] = 1,
     ) -> None:
         """Export a trained model for deployment: torch.export (.pt2, ndformer's kernels as
-        custom ops; load after `import ndformer`) or ONNX (standard operators only)."""
+        custom ops; load after `import ndformer`) or ONNX (standard operators only). A
+        point model's program takes ndformer.train.export_points.point_inputs(model,
+        batch), any number of points."""
         import torch
 
         from .train import TrainConfig, load, read_run, resolve_data
@@ -299,16 +303,15 @@ def register(app: typer.Typer, console, fail) -> None:
             fail(f"--batch must be >= 1, got {batch}")
         model = load(run)
         dataset = resolve_data(TrainConfig(**read_run(run)["train"]))
-        if not hasattr(dataset, "x"):
-            fail(f"{run} is a point model; export takes grid models (vit, hvit, conv)")
         example, _ = make_batch(dataset, "test", torch.arange(batch))
         result = export_model(model, example, fmt, out)
         error = result["max_abs_error"]
         check = ("not run: onnxruntime is not installed" if error is None
                  else f"max |difference| from PyTorch {error:.2e}")  # fmt: skip
         ops = ", ".join(result["custom_ops"]) or "none"
-        console.print(f"wrote {out} ({result['bytes'] / 1e6:.1f} MB, {fmt}; input"
-                      f" {tuple(example.shape)}; ndformer custom ops: {ops}); {check}")  # fmt: skip
+        shapes = " ".join(str(s) for s in result["inputs"])
+        console.print(f"wrote {out} ({result['bytes'] / 1e6:.1f} MB, {fmt}; traced on"
+                      f" {shapes}; ndformer custom ops: {ops}); {check}")  # fmt: skip
 
     from .cli_arena import register_arena
 

@@ -153,6 +153,59 @@ class Points:
         return f"Points(N={self.num_tokens}, ndim={self.ndim}, scenes={self.num_scenes})"
 
 
+class FixedPoints(Points):
+    """``Points`` whose patterns' group ids were computed beforehand: the layout an
+    exported point model receives as tensors.
+
+    The checks of ``Points``, its extent and the group ids of sorted patterns (sorting,
+    unique) depend on the data, so a traced graph cannot compute them; the caller does,
+    from a checked ``Points``: ``FixedPoints.of(points, patterns)``, and passes ``coords``
+    [N, ndim], ``batch`` [N] and ``groups`` (one LongTensor [N] per pattern ``repr``,
+    ``Pattern.group_ids``). Attention over it runs the reference of each partition:
+    SDPA under the mask ``ids[i] == ids[j]``.
+    """
+
+    def __init__(self, coords: torch.Tensor, batch: torch.Tensor,
+                 groups: dict[str, torch.Tensor]) -> None:  # fmt: skip
+        self.coords, self.batch, self.groups = coords, batch, dict(groups)
+        self.shape = ()  # unknown inside a graph; no partition needs it
+
+    @classmethod
+    def of(cls, points: Points, patterns) -> FixedPoints:
+        """``points`` with the group ids of every pattern in ``patterns`` (each a partition
+        on points: ``group_ids`` not None; raises ``ValueError`` naming one that is not)."""
+        groups = {}
+        for pattern in patterns:
+            pattern.check(points)
+            ids = pattern.group_ids(points)
+            if ids is None:
+                raise ValueError(
+                    f"{pattern!r} on points is not a partition into groups (causal masks,"
+                    " unions, patterns over new keys): it cannot be exported"
+                )
+            groups[repr(pattern)] = ids
+        return cls(points.coords, points.batch, groups)
+
+    def group_ids_of(self, pattern) -> torch.Tensor:
+        """The group ids given for ``pattern``."""
+        ids = self.groups.get(repr(pattern))
+        if ids is None:
+            given = sorted(self.groups)
+            raise ValueError(f"FixedPoints has group ids for {given}, not {pattern!r}")
+        return ids
+
+    @property
+    def num_scenes(self) -> int:  # pragma: no cover - not needed by partitions
+        raise ValueError("FixedPoints does not know its scenes inside a graph")
+
+    def to(self, device: torch.device | str) -> FixedPoints:
+        groups = {name: ids.to(device) for name, ids in self.groups.items()}
+        return FixedPoints(self.coords.to(device), self.batch.to(device), groups)
+
+    def __repr__(self) -> str:
+        return f"FixedPoints(ndim={self.ndim}, patterns={sorted(self.groups)})"
+
+
 def as_points(layout: Grid | Points) -> Points:
     """``layout`` itself if it is ``Points``, else every grid token as a point (one scene)."""
     return layout if isinstance(layout, Points) else Points.from_grid(layout)

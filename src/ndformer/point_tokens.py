@@ -110,18 +110,38 @@ class PointTokenizer(nn.Module):
         batch: torch.Tensor | None = None,
     ) -> PointTokens:
         """xyz [N, ndim] float, features [N, in_chans], batch [N] (scene per point)."""
+        inputs, point_token, layout = self.assign(xyz, features, batch)
+        tokens, per_point = self.embed(inputs, point_token, layout.num_tokens)
+        return PointTokens(tokens, layout, point_token, inputs[:, : self.ndim], per_point)
+
+    def assign(
+        self,
+        xyz: torch.Tensor,
+        features: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Points]:
+        """The data-dependent half of ``forward`` (no weights): every point's patch.
+
+        Returns (inputs [N, ndim + in_chans]: the point's offset in its patch, in [0, 1),
+        then its features; point_token [N]: its token; the tokens' ``Points`` layout)."""
         batch = self._check(xyz, features, batch)
         scaled = self.scaled(xyz, batch)
         patch_coords = torch.floor(scaled.detach()).long() // self.patch
         unique, point_token = _unique_rows(torch.cat((batch[:, None], patch_coords), dim=1))
         offsets = (scaled / self.patch - patch_coords.to(xyz.dtype)).clamp(0, 1 - 1e-6)
         inputs = offsets if not self.in_chans else torch.cat((offsets, features), dim=1)
+        return inputs, point_token, Points(unique[:, 1:], batch=unique[:, 0])
+
+    def embed(
+        self, inputs: torch.Tensor, point_token: torch.Tensor, num_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned half of ``forward``: (tokens [T, dim], every point's embedding
+        [N, hidden]) from ``assign``'s inputs [N, ndim + in_chans] and point_token [N]."""
         per_point = self.point_mlp(inputs)  # [N, hidden]
         index = point_token[:, None].expand_as(per_point)
-        pooled = per_point.new_full((len(unique), per_point.shape[1]), float("-inf"))
+        pooled = per_point.new_full((num_tokens, per_point.shape[1]), float("-inf"))
         pooled = pooled.scatter_reduce(0, index, per_point, "amax", include_self=True)
-        layout = Points(unique[:, 1:], batch=unique[:, 0])
-        return PointTokens(self.proj(pooled), layout, point_token, offsets, per_point)
+        return self.proj(pooled), per_point
 
     def detokenize(self, token_features: torch.Tensor, tokens: PointTokens) -> torch.Tensor:
         """[T, dim] token features -> [N, dim] per-point features: the token's feature plus
@@ -131,7 +151,14 @@ class PointTokenizer(nn.Module):
             raise ValueError(
                 f"detokenize needs token features {expected}, got {tuple(token_features.shape)}"
             )
-        return token_features[tokens.point_token] + self.offset_embed(tokens.offsets)
+        return self.spread(token_features, tokens.point_token, tokens.offsets)
+
+    def spread(
+        self, token_features: torch.Tensor, point_token: torch.Tensor, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        """``detokenize`` from tensors: [T, dim] -> [N, dim], every point its token's
+        (``point_token`` [N]) feature plus an embedding of its ``offsets`` [N, ndim]."""
+        return token_features[point_token] + self.offset_embed(offsets)
 
 
 def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .._compile import assume_constant_result
-from ..layout import Grid
+from ..layout import FixedPoints, Grid
 from ..patterns import Pattern
 from ..patterns import pattern as parse_pattern
 from .merge import masked_attention_lse
@@ -43,6 +43,9 @@ def reference_attention_lse(
 def _mask(pattern: Pattern, layout, q: torch.Tensor) -> torch.Tensor:
     if isinstance(layout, Grid):  # traced (torch.compile / export): a constant of the graph
         return _grid_mask(repr(pattern), layout.shape, q.shape[1], str(q.device))
+    if isinstance(layout, FixedPoints):  # a partition given as ids: the same mask, traceable
+        ids = layout.group_ids_of(pattern).to(q.device)
+        return (ids[:, None] == ids[None, :])[None]
     return pattern.mask(layout, heads=q.shape[1]).to(q.device)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..layers import Block
+from ..layout import Points
 from ..point_batch import PointBatch
 from ..point_tokens import PointTokenizer
 from .base import NdModel, cycled, register_arch
@@ -138,11 +139,20 @@ class VoltNet(PointModel):
 
     def forward_features(self, x: PointBatch) -> torch.Tensor:  # type: ignore[override]
         """Per-point features [N, dim]."""
-        tokens = self.tokenizer(x.xyz, scene_inputs(x), x.batch)
-        h = tokens.tokens
+        return self.forward_tokens(*self.tokenizer.assign(x.xyz, scene_inputs(x), x.batch))
+
+    def forward_tokens(
+        self, inputs: torch.Tensor, point_token: torch.Tensor, layout: Points
+    ) -> torch.Tensor:
+        """Per-point features [N, dim] from ``tokenizer.assign``'s (inputs, point_token,
+        layout): the part of the model with weights, and without data-dependent shapes
+        (what an exported point model runs)."""
+        tokens, per_point = self.tokenizer.embed(inputs, point_token, layout.num_tokens)
+        h = tokens
         for block in self.blocks:
-            h = block(h, points=tokens.layout)
-        return self.tokenizer.detokenize(self.norm(h), tokens) + self.skip(tokens.point_features)
+            h = block(h, points=layout)
+        offsets = inputs[:, : self.ndim]
+        return self.tokenizer.spread(self.norm(h), point_token, offsets) + self.skip(per_point)
 
     def token_layout(self, x: PointBatch):
         """The ``Points`` layout of the tokens the blocks attend among."""

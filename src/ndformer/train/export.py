@@ -9,12 +9,15 @@ ndformer's kernels as custom operators) and ONNX files (standard operators only)
   PyTorch's exporter (``torch.onnx.export``, which needs ``onnx`` and ``onnxscript``) and,
   when ``onnxruntime`` is installed, run once and compared with PyTorch.
 
-Point models take a ``PointBatch`` whose voxelization and serialization are data-dependent
-(sorting, unique): they are not exportable as one graph, and are refused with that reason.
+Point models (``volt-*``) take a ``PointBatch`` whose voxelization and grouping are
+data-dependent (unique, sorting): their program is the network after those steps
+(``export_points``): it takes ``point_inputs(model, batch)``, with dynamic numbers of points
+and tokens, and is traced inside ``portable()`` in both formats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -25,9 +28,10 @@ import torch
 from ..choice import portable
 from ..errors import DataError, UsageError
 from ..models import NdModel
+from ..models.config import POINT_ARCHS
+from .export_points import EXPORTABLE, PointProgram, dynamic_shapes, point_inputs
 
 FORMATS = ("pt2", "onnx")
-POINT_ARCHS = ("volt", "voxconv")
 
 
 def _missing(*modules: str) -> list[str]:
@@ -37,11 +41,11 @@ def _missing(*modules: str) -> list[str]:
 def _check(model: NdModel, example: torch.Tensor, fmt: str) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    if model.config.arch in POINT_ARCHS:
+    if model.config.arch in POINT_ARCHS and model.config.arch not in EXPORTABLE:
         raise UsageError(
-            f"{model.config.name or model.config.arch} is a point model: its voxelization and"
-            " serialization are data-dependent (sorting, unique) and export as no single graph;"
-            " export grid models (vit, hvit, conv)"
+            f"{model.config.name or model.config.arch} builds a dense voxel grid whose size"
+            " depends on the points and exports as no single graph; point models that export:"
+            f" {', '.join(EXPORTABLE)}"
         )
     model.check_input(example, "the example input")
     if fmt == "onnx" and (missing := _missing("onnx", "onnxscript")):
@@ -61,46 +65,53 @@ def _replace(write, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _onnx_outputs(path: Path, example: torch.Tensor) -> torch.Tensor | None:
+def _onnx_outputs(path: Path, args: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
     if _missing("onnxruntime"):
         return None
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: example.detach().cpu().numpy()}
+    names = [i.name for i in session.get_inputs()]
+    feed = {name: a.detach().cpu().numpy() for name, a in zip(names, args, strict=True)}
     return torch.from_numpy(session.run(None, feed)[0])
 
 
-def export_model(
-    model: NdModel, example: torch.Tensor, fmt: str, out: str | Path
-) -> dict[str, Any]:
-    """Write ``model`` (eval mode, on CPU) traced on ``example`` [B, in_chans, *spatial] to
-    ``out`` as ``fmt`` (``"pt2"`` or ``"onnx"``), atomically.
+def export_model(model: NdModel, example, fmt: str, out: str | Path) -> dict[str, Any]:
+    """Write ``model`` (eval mode, on CPU) traced on ``example`` to ``out`` as ``fmt``
+    (``"pt2"`` or ``"onnx"``), atomically.
 
-    Returns what was checked: ``{"format", "path", "bytes", "custom_ops", "max_abs_error"}``
-    where ``max_abs_error`` compares the written file's outputs on ``example`` (reloaded
-    program, or onnxruntime; None without onnxruntime) with the eager model's.
+    ``example``: [B, in_chans, *spatial] for grid models (the program takes that shape);
+    a ``PointBatch`` for point models (the program takes ``point_inputs(model, batch)``
+    of any number of points). Returns what was checked: ``{"format", "path", "bytes",
+    "custom_ops", "max_abs_error", "inputs"}`` where ``max_abs_error`` compares the written
+    file's outputs on ``example`` (reloaded program, or onnxruntime; None without
+    onnxruntime) with the eager model's, and ``inputs`` are the program's input shapes.
     """
     out = Path(out)
     _check(model, example, fmt)
     model = model.eval().cpu()
-    example = example.detach().cpu()
+    points = model.config.arch in POINT_ARCHS
+    if points:
+        module: torch.nn.Module = PointProgram(model)
+        args, dynamic = point_inputs(model, example), dynamic_shapes()
+    else:
+        module, args, dynamic = model, (example.detach().cpu(),), None
+    tracing = portable if points or fmt == "onnx" else contextlib.nullcontext
     with torch.no_grad():
-        expected = model(example)
+        expected = model(example) if points else model(*args)
+        with tracing():
+            program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=True)
         if fmt == "pt2":
-            program = torch.export.export(model, (example,), strict=True)
             _replace(lambda tmp: torch.export.save(program, tmp), out)
-            got = torch.export.load(out).module()(example)
+            got = torch.export.load(out).module()(*args)
         else:
-            with portable():
-                program = torch.export.export(model, (example,), strict=True)
-            onnx = torch.onnx.export(program, (example,), dynamo=True, external_data=False)
+            onnx = torch.onnx.export(program, args, dynamo=True, external_data=False)
             _replace(lambda tmp: onnx.save(str(tmp)), out)
-            got = _onnx_outputs(out, example)
+            got = _onnx_outputs(out, args)
     ops = sorted({str(n.target) for n in program.graph.nodes if "ndformer" in str(n.target)})
     if got is not None and got.shape != expected.shape:
         raise DataError(f"{out}: the exported model gives {tuple(got.shape)}, the model"
                         f" {tuple(expected.shape)}")  # fmt: skip
     error = None if got is None else (got - expected).abs().max().item()
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size, "custom_ops": ops,
-            "max_abs_error": error}  # fmt: skip
+            "max_abs_error": error, "inputs": [tuple(a.shape) for a in args]}  # fmt: skip
