@@ -35,11 +35,6 @@ ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxrunt
 needs_onnx = pytest.mark.skipif(not ONNX, reason="pip install 'ndformer[export]'")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NDFORMER_CACHE", str(tmp_path / "cache"))
-
-
 @given(data=st.data(), seed=st.integers(0, 2**31 - 1), portable_=st.booleans())
 def test_fixed_points_attend_like_the_definition(data, seed, portable_):
     points = data.draw(point_sets())
@@ -115,9 +110,10 @@ def test_point_models_that_cannot_export_are_refused(tmp_path):
     assert not list(tmp_path.glob("*.pt2"))
 
 
-def test_the_export_command_on_a_point_run(tmp_path):
+def test_the_export_command_on_a_point_run(tmp_path, monkeypatch):
     from ndformer.train import TrainConfig, fit
 
+    monkeypatch.setenv("NDFORMER_CACHE", str(tmp_path / "cache"))  # the voxelized scans
     folder = tmp_path / "scans"
     folder.mkdir()
     for i, (xyz, rgb, label) in enumerate(scenes(6, 300)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -251,10 +250,6 @@ def test_arena_compares_patterns_on_point_data(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("NDFORMER_LONG_TESTS") != "1",
-    reason="12 minutes on 2 cores: set NDFORMER_LONG_TESTS=1 (not part of CI's 10-minute suite)",
-)
 def test_volt_tiny_reaches_70_percent_miou_on_scenes_points(tmp_path):
     """The documented run (docs/points/report.md): about 12 minutes on 2 cores."""
     config = TrainConfig(task="scenes-points", model="volt-tiny", steps=800, batch_size=4)

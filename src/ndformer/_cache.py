@@ -37,3 +37,10 @@ def cache_root() -> Path:
     """Where ndformer keeps files it builds (tasks, compiled kernels): ``$NDFORMER_CACHE``
     or ``~/.cache/ndformer``."""
     return Path(os.environ.get("NDFORMER_CACHE") or Path.home() / ".cache" / "ndformer")
+
+
+def kernel_cache() -> Path:
+    """Where the compiled native kernels go: ``$NDFORMER_KERNEL_CACHE`` or
+    ``cache_root() / "kernels"`` (a separate variable keeps one build while the task
+    cache moves, as the tests' private caches do)."""
+    return Path(os.environ.get("NDFORMER_KERNEL_CACHE") or cache_root() / "kernels")

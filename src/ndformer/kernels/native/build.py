@@ -1,12 +1,12 @@
 """Compiling and loading the native kernels (``cpp/``), once per machine.
 
 The source is compiled with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or
-``clang++``; ``-O3 -march=native``, OpenMP) into ``$NDFORMER_CACHE/kernels`` (default
-``~/.cache/ndformer/kernels``) on first use, keyed by every source file, the flags, the
-compiler and the CPU, and written atomically. The library is loaded after torch, so its
-OpenMP runtime is the one torch already loaded: the kernels run on torch's intra-op
-threads. Without a compiler, or with ``NDFORMER_NATIVE=0``, the kernels are unavailable
-and ``native_status()`` says why.
+``clang++``; ``-O3 -march=native``, OpenMP) into ``$NDFORMER_KERNEL_CACHE`` (default
+``$NDFORMER_CACHE/kernels``, else ``~/.cache/ndformer/kernels``) on first use, keyed by
+every source file, the flags, the compiler and the CPU, and written atomically. The
+library is loaded after torch, so its OpenMP runtime is the one torch already loaded:
+the kernels run on torch's intra-op threads. Without a compiler, or with
+``NDFORMER_NATIVE=0``, the kernels are unavailable and ``native_status()`` says why.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..._cache import cache_root
+from ..._cache import kernel_cache
 from . import abi
 
 SOURCES = Path(__file__).with_name("cpp")
@@ -110,7 +110,7 @@ def library() -> Library:
                 ]
             ).encode()
         ).hexdigest()[:16]
-        target = cache_root() / "kernels" / f"ndformer-{key}.so"
+        target = kernel_cache() / f"ndformer-{key}.so"
         if not target.exists() and (error := _compile(cxx, target)) is not None:
             return Library(None, error)
         lib = ctypes.CDLL(str(target))
