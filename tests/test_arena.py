@@ -58,6 +58,7 @@ def test_two_runs_give_the_same_steps_and_scores(tmp_path):
     write_outputs(first, config_dict(config), config.out, "blobs", notes)
     report = (config.out / "report.md").read_text()
     assert "the same 32 training samples for every entry" in report
+    assert "Every entry trained on 1 torch thread, 1 at a time" in report
     assert ("Measured under load" in report) == contention["loaded"]
 
 

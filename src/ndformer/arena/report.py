@@ -124,6 +124,18 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(_flat(r) for r in rows)
 
 
+def _threads_text(settings: dict[str, Any], notes: dict[str, Any]) -> str:
+    """Threads per entry and entries at a time (the first decides the floats, the second
+    only the wall time)."""
+    threads = settings.get("threads")
+    if threads is None:
+        return ""
+    jobs = notes.get("jobs")
+    at_once = f", {jobs} at a time" if jobs else ""
+    return (f" Every entry trained on {threads} torch thread{'s' if threads > 1 else ''}"
+            f"{at_once} (the results do not depend on how many at a time).")  # fmt: skip
+
+
 def _budget_text(settings: dict[str, Any], notes: dict[str, Any]) -> str:
     budget = settings.get("budget", "samples")
     if budget == "flops":
@@ -172,7 +184,8 @@ def write_report(
     lines += [f"Task: {task_summary}", ""]
     lines += [
         f"Model `{settings['model']}` with overrides `{json.dumps(settings['overrides'])}`;"
-        f" budget: {_budget_text(settings, notes)}; lr {settings['lr']}; seeds {seeds}.",
+        f" budget: {_budget_text(settings, notes)}; lr {settings['lr']}; seeds {seeds}."
+        + _threads_text(settings, notes),
         "",
         "Metric on the held-out test split: "
         + ("the mean over seeds with its 95% t interval over the seeds (seed variance); the"

@@ -177,7 +177,7 @@ def run_arena(
         if dry_run:
             return rows, notes
         _record(config, dict(saved, **config_dict(config), entry_steps=steps))
-        _train_entries(config, entries, steps, resume, rows, on_entry)
+        notes["jobs"] = _train_entries(config, entries, steps, resume, rows, on_entry)
         _measure_costs(rows, notes)
     notes["seconds"] = time.perf_counter() - started
     return rows, notes
@@ -185,10 +185,10 @@ def run_arena(
 
 def _train_entries(config: ArenaConfig, entries, steps: list[int], resume: bool,
                    rows: list[dict[str, Any]],
-                   on_entry: Callable[[int, int, str, dict], None] | None) -> None:  # fmt: skip
+                   on_entry: Callable[[int, int, str, dict], None] | None) -> int:  # fmt: skip
     """Train every entry not finished yet, ``config.jobs`` at a time, each in its own
     worker on ``config.threads`` threads; append the rows to ``rows`` in entry order
-    (the finished ones even when interrupted)."""
+    (the finished ones even when interrupted). Returns how many trained at a time."""
     total = len(entries)
     runs = []
     for number, ((label, spec, extra), seed) in enumerate(entries):
@@ -231,6 +231,7 @@ def _train_entries(config: ArenaConfig, entries, steps: list[int], resume: bool,
                 on_entry(number + 1, total, runs[number][0], row)
     finally:
         rows.extend(done[number] for number in sorted(done))
+    return jobs
 
 
 def _plan(config: ArenaConfig, entries, steps, resume: bool, notes: dict[str, Any],
