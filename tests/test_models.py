@@ -26,7 +26,7 @@ POINT_MODELS = [n for n in list_models() if MODELS[n]["arch"] in POINT_ARCHS]
 def small(name: str, ndim: int, head: str) -> dict:
     kw = dict(ndim=ndim, in_chans=2, num_classes=3, head=head, patch=2)
     if name.startswith("volt"):
-        kw.update(depth=2, dim=24, heads=2, voxel_size=0.5)
+        kw.update(depth=2, dim=24, heads=2, voxel_size=0.5, rope_split=None)  # not Volt-S's
     elif name.startswith("voxconv"):
         kw.update(dim=8, voxel_size=0.5)
     elif name.startswith("vit"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -72,3 +73,46 @@ def test_channels_beyond_the_rotation_pairs_pass_through():
     out = rope(x, torch.randint(1, 9, (5, 3)))
     torch.testing.assert_close(out[:, 60:], x[:, 60:], rtol=0, atol=0)
     assert not torch.allclose(out[:, :60], x[:, :60])
+
+
+def rotated_by_definition(x, positions, split, base):
+    """Every axis's block of 2 * pairs channels: pair (i, i + pairs) rotated by
+    position[axis] * base ** (-i / pairs), written out one pair at a time."""
+    out = x.clone()
+    start = 0
+    for axis, pairs in enumerate(split):
+        for i in range(pairs):
+            angle = positions[:, axis] * base ** (-i / pairs)
+            a, b = x[..., start + i], x[..., start + pairs + i]
+            out[..., start + i] = a * angle.cos() - b * angle.sin()
+            out[..., start + pairs + i] = b * angle.cos() + a * angle.sin()
+        start += 2 * pairs
+    return out
+
+
+@given(
+    split=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    leftover=st.integers(0, 3),
+    base=st.sampled_from([100.0, 10000.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_an_uneven_split_rotates_each_axis_by_its_own_frequencies(split, leftover, base, seed):
+    gen = torch.Generator().manual_seed(seed)
+    head_dim = 2 * sum(split) + leftover
+    rope = RoPE(head_dim, len(split), base, split=split)
+    x = torch.randn(2, 7, head_dim, generator=gen, dtype=torch.float64)
+    positions = torch.randint(-9, 9, (7, len(split)), generator=gen).double()
+    torch.testing.assert_close(rope(x, positions), rotated_by_definition(x, positions, split, base),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    # still relative: shifting every position by one offset leaves the scores unchanged
+    shift = torch.randint(-5, 5, (1, len(split)), generator=gen).double()
+    q = rope(x, positions)
+    q2 = rope(x, positions + shift)
+    torch.testing.assert_close(q @ q.transpose(-1, -2), q2 @ q2.transpose(-1, -2))
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match=r"one pair count >= 1 per axis \(3\), got \(12, 12\)"):
+        RoPE(64, 3, split=(12, 12))
+    with pytest.raises(ValueError, match=r"rotates 66 channels, more than head_dim = 64"):
+        RoPE(64, 3, split=(12, 12, 9))

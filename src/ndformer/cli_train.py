@@ -141,6 +141,19 @@ def register(app: typer.Typer, console, fail) -> None:
         lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
         weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
         seed: Annotated[int, typer.Option(help="Seed of init, batches and augmentation.")] = 0,
+        schedule: Annotated[
+            str, typer.Option(help="Learning-rate schedule: cosine or onecycle (Volt's).")
+        ] = "cosine",
+        label_smoothing: Annotated[
+            float, typer.Option(help="Label smoothing of the cross-entropy (Volt: 0.1).")
+        ] = 0.0,
+        lovasz: Annotated[
+            bool, typer.Option(help="Add the Lovász-softmax loss (per-class IoU surrogate).")
+        ] = False,
+        ema: Annotated[
+            float,
+            typer.Option(help="Evaluate and keep an average of the weights with this decay."),
+        ] = 0.0,
         bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
         teacher: Annotated[
             str | None, typer.Option(help="'conv' (train an N-D CNN first) or a run dir.")
@@ -201,7 +214,8 @@ def register(app: typer.Typer, console, fail) -> None:
         config = TrainConfig(
             task=task, data=source.data, **fields, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
-            tensorboard=tensorboard, patience=patience,
+            tensorboard=tensorboard, patience=patience, schedule=schedule,
+            label_smoothing=label_smoothing, lovasz=lovasz, ema=ema,
         )  # fmt: skip
         plan = None
         if not resume and where.main:

@@ -32,7 +32,8 @@ class Attention(nn.Module):
     ``qk_norm=True`` normalizes every head's queries and keys with a LayerNorm over its
     channels (one per q and k, shared by the heads) before RoPE, as ViT-22B and the Volume
     Transformer do to keep the logits bounded. ``scale`` sets the logit scale (default
-    ``1 / sqrt(qk_head_dim)``).
+    ``1 / sqrt(qk_head_dim)``). ``rope_base`` and ``rope_split`` (rotation pairs per axis)
+    configure RoPE (see ``RoPE``).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Attention(nn.Module):
         kv_heads: int | None = None,
         qk_norm: bool = False,
         scale: float | None = None,
+        rope_split: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         check_int("Attention dim", dim, minimum=1)
@@ -73,8 +75,9 @@ class Attention(nn.Module):
         self.widths = (qk_dim, kv_heads * self.qk_head_dim, kv_heads * self.head_dim)
         self.pattern = parse_pattern(pattern)
         self.rope, self.rope_base, self.backend = rope, rope_base, backend
-        if rope and ndim is not None:
-            RoPE(self.qk_head_dim, ndim, rope_base)
+        self.rope_split = None if rope_split is None else tuple(rope_split)
+        if rope and (ndim is not None or rope_split is not None):
+            RoPE(self.qk_head_dim, ndim or len(rope_split), rope_base, self.rope_split)
         self.qkv = nn.Linear(dim, sum(self.widths), bias=qkv_bias)
         self.qk_norm = bool(qk_norm)
         norm = nn.LayerNorm if self.qk_norm else nn.Identity
@@ -115,7 +118,7 @@ class Attention(nn.Module):
         if not self.rope:
             return q, k
         ndim = positions.ndim if isinstance(positions, Grid) else positions.shape[-1]
-        rope = RoPE(self.qk_head_dim, ndim, self.rope_base)
+        rope = RoPE(self.qk_head_dim, ndim, self.rope_base, self.rope_split)
         if isinstance(positions, Grid):
             tables = rope_tables(rope, positions.shape, q.device, q.dtype)
         else:

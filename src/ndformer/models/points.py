@@ -31,6 +31,11 @@ class VoltConfig(ModelConfig):
     of ``voxel_size`` metres; ``head`` must be ``segmentation`` (per-point logits)."""
 
     voxel_size: float = 0.1
+    #: LayerNorm of every head's queries and keys before RoPE (Volt).
+    qk_norm: bool = False
+    #: RoPE's base and its rotation pairs per axis (None: even; Volt-S: 100, (12, 12, 8)).
+    rope_base: float = 10000.0
+    rope_split: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,6 +43,19 @@ class VoltConfig(ModelConfig):
         self._segments_points()
         if isinstance(self.patch, tuple) and len(set(self.patch)) > 1:
             raise ValueError(f"volt takes one patch size for every axis, got {self.patch}")
+        if self.rope_split is not None:
+            split = self.rope_split = tuple(self.rope_split)
+            if len(split) != self.ndim:
+                raise ValueError(
+                    f"rope_split {split} has {len(split)} axes and the model {self.ndim}: give"
+                    " one pair count per axis, or rope_split=None (even)"
+                )
+            head_dim = self.dim // self.heads
+            if 2 * sum(split) > head_dim:
+                raise ValueError(
+                    f"rope_split {split} rotates {2 * sum(split)} channels, more than the head"
+                    f" dim {self.dim} / {self.heads} = {head_dim}; give rope_split=None (even)"
+                )
 
 
 @register_config("voxconv")
@@ -128,8 +146,10 @@ class VoltNet(PointModel):
             c.voxel_size, c.patch_tuple[0], c.in_chans + c.ndim, c.dim, c.ndim, hidden=c.dim // 2
         )
         rates = torch.linspace(0, c.drop_path, c.depth).tolist()
+        options = dict(rope=c.rope, ndim=c.ndim, qk_norm=c.qk_norm, rope_base=c.rope_base,
+                       rope_split=c.rope_split)  # fmt: skip
         self.blocks = nn.ModuleList(
-            Block(c.dim, c.heads, p, c.mlp_ratio, rate, rope=c.rope, ndim=c.ndim)
+            Block(c.dim, c.heads, p, c.mlp_ratio, rate, **options)
             for p, rate in zip(cycled(c.pattern, c.depth), rates, strict=True)
         )
         self.norm = nn.LayerNorm(c.dim)
@@ -216,7 +236,9 @@ class VoxelConvNet(PointModel):
 VOLT_TINY_DIM = 128
 register_model("volt-tiny", "volt", ndim=3, head="segmentation", dim=VOLT_TINY_DIM, depth=6,
                heads=4, patch=4)  # fmt: skip
-register_model("volt-small", "volt", ndim=3, head="segmentation", dim=256, depth=12, heads=8,
-               patch=4)  # fmt: skip
+#: Volt-S (the Volume Transformer, arXiv 2604.19609): width 384, 12 layers, 6 heads of 64
+#: channels, qk-norm, 5^3-voxel patches, RoPE with base 100 over 12/12/8 pairs on x/y/z.
+register_model("volt-small", "volt", ndim=3, head="segmentation", dim=384, depth=12, heads=6,
+               patch=5, qk_norm=True, rope_base=100.0, rope_split=(12, 12, 8))  # fmt: skip
 register_model("voxconv-tiny", "voxconv", ndim=3, head="segmentation", dim=32,
                depth=(2, 2, 2, 2), heads=1, patch=2)  # fmt: skip

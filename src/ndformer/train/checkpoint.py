@@ -144,8 +144,10 @@ def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimiz
     if not state_path.exists():
         raise TrainingError(f"--resume: {state_path} does not exist")
     state = read_state(out)
-    # settings added since the run was saved compare equal when left at None
-    saved = {**{k: None for k in config_dict if k not in state["config"]}, **state["config"]}
+    # settings added since the run was saved compare equal at their defaults
+    defaults = _defaults()
+    missing = {k: defaults.get(k) for k in config_dict if k not in state["config"]}
+    saved = {**missing, **state["config"]}
     if saved != config_dict:
         changed = sorted(k for k, v in config_dict.items() if saved.get(k) != v)
         if changed == ["steps"]:
@@ -163,6 +165,16 @@ def restore(out: Path, config_dict: dict[str, Any], resume: bool, model, optimiz
         # A checkpoint writes the weights first, then the state: the state is the truth.
         state["weights_sha256"] = save_weights(weights, model)
     return int(state["step"])
+
+
+def _defaults() -> dict[str, Any]:
+    """``TrainConfig``'s scalar defaults (None for fields without one)."""
+    import dataclasses
+
+    from .config import TrainConfig
+
+    return {f.name: None if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(TrainConfig)}  # fmt: skip
 
 
 def save_checkpoint(

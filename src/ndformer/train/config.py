@@ -11,6 +11,7 @@ from typing import Any
 from .._checks import check_int
 from ..errors import DataError
 
+SCHEDULES = ("cosine", "onecycle")
 METRIC_COLUMNS = ["step", "lr", "loss", "train_metric", "samples_per_s", "val_metric"]
 
 
@@ -54,6 +55,17 @@ class TrainConfig:
     temperature: float = 2.0
     tensorboard: bool = False
     patience: int | None = None
+    #: The learning-rate schedule: "cosine" (linear warmup, cosine decay to 1%) or
+    #: "onecycle" (PyTorch's OneCycleLR: cosine from lr/25 up to lr over ``warmup``, then
+    #: down to lr/25e4; Volt's schedule).
+    schedule: str = "cosine"
+    #: Cross-entropy target: ``1 - s + s / C`` on the label, ``s / C`` on every class.
+    label_smoothing: float = 0.0
+    #: Add the Lovász-softmax loss (a surrogate of every class's IoU) to cross-entropy.
+    lovasz: bool = False
+    #: Decay of an exponential moving average of the weights, evaluated and kept at the
+    #: end instead of the raw weights (0: none; e.g. 0.999).
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.data is None):
@@ -73,6 +85,13 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.distill_alpha <= 1:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.schedule not in SCHEDULES:
+            names = ", ".join(SCHEDULES)
+            raise ValueError(f"schedule must be one of {names}, got {self.schedule!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -14,6 +14,7 @@ import torch
 from .._io import check_output_dir, exclusive_dir
 from ..models import NdModel
 from ..tasks.points import PointTaskData
+from .average import WeightAverage
 from .checkpoint import (
     load,
     read_run,
@@ -247,6 +248,28 @@ def _use_best(out: Path, model: NdModel) -> None:
     save_weights(out / "model.safetensors", model)
 
 
+def _average(config: TrainConfig, model: NdModel, out: Path, start: int):
+    """The weight average of an ``ema`` run (restored from the checkpoint when resuming),
+    else None."""
+    if not config.ema:
+        return None
+    average = WeightAverage(model, config.ema)
+    if start:
+        average.load_state_dict(read_state(out)["ema"])
+    return average
+
+
+def _final_weights(config: TrainConfig, out: Path, model: NdModel, average, best: _Best) -> None:
+    """The weights a run ends with, in ``model`` and ``model.safetensors``: the best
+    validation's with ``patience`` (averaged ones with ``ema``), else the average with
+    ``ema``, else the last."""
+    if config.patience is not None and best.step is not None:
+        _use_best(out, model)
+    elif average is not None:
+        model.load_state_dict(average.model.state_dict())
+        save_weights(out / "model.safetensors", model)
+
+
 def _global_batch(config: TrainConfig, data: Data, index, step: int, where: World):
     """Step ``step``'s global batch (samples and augmentation as one process draws them;
     stochastic depth seeded by the step), and this process's share of it."""
@@ -300,10 +323,10 @@ def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan
     if not where.main:
         return _follow(config, out, data, model, optimizer, start, best, stop_after,
                        time_limit, began, where)  # fmt: skip
+    average = _average(config, model, out, start)
     if start >= config.steps or best.stopped:  # a finished run: its weights are verified
         previous = read_run(out) if (out / "run.json").exists() else {}
-        if config.patience is not None and best.step is not None:
-            _use_best(out, model)
+        _final_weights(config, out, model, average, best)
         score = evaluate_model(model, data, "test")
         rate = float(previous.get("samples_per_s") or 0.0)
         info = dict(previous, status="done", test=score.to_dict(), steps=config.steps)
@@ -328,26 +351,30 @@ def _fit(config, out: Path, data, resume, progress, stop_after, time_limit, plan
             batch = _global_batch(config, data, index, step, where)
             result = train_step(trained, optimizer, config, step, batch, teacher, out=out,
                                 where=where)  # fmt: skip
+            if average is not None:
+                average.update(model)
             meter.add(result.loss, result.metric, len(index), time.perf_counter() - tick)
             done = step + 1
             reporter.advance(done, meter.info())
             last = done == config.steps
             stopping = _stopping(done, stop_after, time_limit, began, where)
             if done % every == 0 or last or stopping:
-                val = evaluate_model(model, data, "val", limit=config.eval_samples)
+                evaluated = model if average is None else average.model
+                val = evaluate_model(evaluated, data, "val", limit=config.eval_samples)
                 reporter.log(meter.row(done, lr_at(config, step), val))
                 meter.reset()
                 if config.patience is not None and best.update(done, val.value, config.patience):
-                    save_weights(out / "best.safetensors", model)
-                save_checkpoint(out, done, settings, model, optimizer, best=best.to_dict())
+                    save_weights(out / "best.safetensors", evaluated)
+                extra = {} if average is None else dict(ema=average.state_dict())
+                save_checkpoint(out, done, settings, model, optimizer, best=best.to_dict(),
+                                **extra)  # fmt: skip
                 if decide(best.stopped, where):
                     break
             if stopping and not last:
                 return RunResult(out, model, None, meter.rate, done)
     finally:
         reporter.close()
-    if config.patience is not None and best.step is not None:
-        _use_best(out, model)
+    _final_weights(config, out, model, average, best)
     score = evaluate_model(model, data, "test")
     run_info.update(status="done", test=score.to_dict(), samples_per_s=meter.rate,
                     steps=config.steps, steps_done=done, seconds=time.perf_counter() - began,

@@ -1,7 +1,8 @@
 """One training step: learning-rate schedule, parameter groups, losses.
 
-AdamW with linear warmup and cosine decay, gradient clipping, optional bf16 autocast and
-distillation from a teacher's logits.
+AdamW with linear warmup and cosine decay (or OneCycle), gradient clipping, optional bf16
+autocast, cross-entropy (label smoothing, Lovász-softmax) and distillation from a
+teacher's logits.
 """
 
 from __future__ import annotations
@@ -16,10 +17,30 @@ from ..models import NdModel
 from ..tasks.points import IGNORE
 from .config import TrainConfig, TrainingError
 from .distributed import World, global_means, loss_weight
+from .losses import supervised_loss
+
+
+def onecycle_lr(peak: float, steps: int, rise: float, step: int) -> float:
+    """PyTorch's ``OneCycleLR`` (cosine, two phases, no momentum cycling) at ``step``:
+    from ``peak / 25`` up to ``peak`` by step ``rise * steps - 1``, then down to
+    ``peak / 25 / 1e4`` at step ``steps - 1``."""
+    low = peak / 25
+    phases = ((float(rise * steps) - 1, low, peak), (steps - 1, peak, low / 1e4))
+    start = 0.0
+    for number, (end, first, last) in enumerate(phases):
+        if step <= end or number == len(phases) - 1:
+            progress = (step - start) / (end - start) if end != start else 1.0
+            return last + (first - last) / 2 * (math.cos(math.pi * progress) + 1)
+        start = end
+    raise AssertionError  # pragma: no cover
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
-    """Linear warmup over ``warmup * steps``, then cosine decay to 1% of ``lr``."""
+    """``config.schedule`` at ``step``: "cosine" is a linear warmup over ``warmup *
+    steps``, then cosine decay to 1% of ``lr``; "onecycle" is ``onecycle_lr`` with
+    ``warmup`` as its rising fraction."""
+    if config.schedule == "onecycle":
+        return onecycle_lr(config.lr, config.steps, config.warmup, step)
     warm = int(config.warmup * config.steps)
     if step < warm:
         return config.lr * (step + 1) / warm
@@ -85,7 +106,7 @@ def train_step(
     weight, _ = loss_weight(y, where)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
+        loss = supervised_loss(logits, y, config.label_smoothing, config.lovasz)
         if teacher is not None:
             with torch.no_grad():
                 target = teacher.eval()(x).float()
