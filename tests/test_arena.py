@@ -136,3 +136,33 @@ def test_sigkilled_arena_resumes_only_the_unfinished_entries(tmp_path):
     assert outcome(rows) == outcome(reference)
     with pytest.raises(ValueError, match=r"settings differ .* in \['steps'\]"):
         run_arena(tiny_arena(tmp_path, "killed", steps=7), resume=True)
+
+
+def test_a_recipe_reaches_every_entry_and_ablations_switch_one_piece_off(tmp_path):
+    from ndformer.arena.recipes import RECIPES
+    from ndformer.errors import UsageError
+
+    config = ArenaConfig(task=None, data="scans", model="volt-tiny", overrides={},
+                         patterns=["full", "window(4)"], recipe="volt",
+                         ablate=["lovasz", "qk_norm"])  # fmt: skip
+    entries = config.entries()
+    labels = [label for label, _, _ in entries]
+    assert labels == ["full", "window(4)", "full - lovasz", "full - qk_norm", "full (plain)"]
+    trains = {label: config.train_config(spec, 0, extra) for label, spec, extra in entries}
+    on = trains["window(4)"]
+    assert on["lovasz"] and on["ema"] == 0.999 and on["schedule"] == "onecycle"
+    assert on["label_smoothing"] == 0.1 and on["overrides"] == dict(qk_norm=True, rope_base=100.0)
+    assert not trains["full - lovasz"]["lovasz"] and trains["full - lovasz"]["ema"] == 0.999
+    assert trains["full - qk_norm"]["overrides"]["qk_norm"] is False
+    plain = trains["full (plain)"]
+    for piece in RECIPES["volt"].values():
+        where = plain["overrides"] if piece.where == "overrides" else plain
+        assert where[piece.key] == piece.off
+    for kwargs, message in [
+        (dict(recipe="deit"), "--recipe must be one of volt, got 'deit'"),
+        (dict(ablate=["ema"]), "--ablate switches off pieces of a recipe: give --recipe too"),
+        (dict(recipe="volt", ablate=["mix"]), "mix not in the volt recipe; its pieces: label"),
+        (dict(recipe="volt", model="vit-tiny"), "sets qk_norm, rope_base, which vit-tiny"),
+    ]:  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            ArenaConfig(**{"task": None, "data": "scans", "model": "volt-tiny", **kwargs})

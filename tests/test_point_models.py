@@ -240,12 +240,14 @@ def test_arena_compares_patterns_on_point_data(tmp_path):
     out = tmp_path / "arena"
     args = ["arena", "--data", str(folder), "--model", "volt-tiny", "--patterns", "full",
             "--patterns", "serialized('hilbert', 8)", "--steps", "2", "--batch-size", "2",
-            "--overrides", json.dumps(TINY_VOLT), "--out", str(out)]  # fmt: skip
+            "--overrides", json.dumps(TINY_VOLT), "--recipe", "volt", "--ablate", "ema",
+            "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     with (out / "results.csv").open(newline="") as handle:
         flops = {r["pattern"]: float(r["attention_gflop"]) for r in csv.DictReader(handle)}
-    assert set(flops) == {"full", "serialized('hilbert', 8)"}
+    assert set(flops) == {"full", "serialized('hilbert', 8)", "full - ema", "full (plain)"}
+    assert "Recipe `volt` for every entry" in (out / "report.md").read_text()
     assert 0 < flops["serialized('hilbert', 8)"] < flops["full"]
 
 

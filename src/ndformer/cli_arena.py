@@ -101,6 +101,20 @@ def register_arena(app: typer.Typer, console, fail) -> None:
         eval_every: Annotated[
             int, typer.Option(help="Validate every N steps (0: ten times per entry).")
         ] = 0,
+        recipe: Annotated[
+            str | None,
+            typer.Option(
+                help="Train every entry with a recipe: volt (Lovász, label"
+                " smoothing, OneCycle, EMA, qk-norm, RoPE base 100)."
+            ),
+        ] = None,
+        ablate: Annotated[
+            str | None,
+            typer.Option(
+                help="Comma-separated pieces of --recipe to switch off one at a"
+                " time (and all), on the first pattern: lovasz,ema,..."
+            ),
+        ] = None,
         jobs: Annotated[
             int | None,
             typer.Option(
@@ -138,6 +152,8 @@ def register_arena(app: typer.Typer, console, fail) -> None:
             threads=threads,
             jobs=0 if jobs is None else jobs,
         )
+        config.recipe = recipe  # checked with the model below
+        config.ablate = [p.strip() for p in ablate.split(",") if p.strip()] if ablate else []
         if task is not None or data is not None:
             config.task, config.data = task, None if data is None else str(data)
         if patterns:

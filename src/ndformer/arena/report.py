@@ -124,6 +124,21 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(_flat(r) for r in rows)
 
 
+def _recipe_text(settings: dict[str, Any]) -> str:
+    """The recipe every entry trained with, and what its ablation entries switch off."""
+    from .recipes import RECIPES
+
+    recipe = settings.get("recipe")
+    if not recipe:
+        return ""
+    pieces = ", ".join(f"{p.key}={p.on}" for p in RECIPES[recipe].values())
+    text = f" Recipe `{recipe}` for every entry ({pieces})"
+    if settings.get("ablate"):
+        text += ("; an entry `P - piece` trains with that piece off, `P (plain)` with every"
+                 " piece off")  # fmt: skip
+    return text + "."
+
+
 def _threads_text(settings: dict[str, Any], notes: dict[str, Any]) -> str:
     """Threads per entry and entries at a time (the first decides the floats, the second
     only the wall time)."""
@@ -185,7 +200,8 @@ def write_report(
     lines += [
         f"Model `{settings['model']}` with overrides `{json.dumps(settings['overrides'])}`;"
         f" budget: {_budget_text(settings, notes)}; lr {settings['lr']}; seeds {seeds}."
-        + _threads_text(settings, notes),
+        + _threads_text(settings, notes)
+        + _recipe_text(settings),
         "",
         "Metric on the held-out test split: "
         + ("the mean over seeds with its 95% t interval over the seeds (seed variance); the"

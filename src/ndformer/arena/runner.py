@@ -25,6 +25,8 @@ from .._checks import check_int
 from .._io import exclusive_dir, run_json_worker
 from ..errors import DataError, UsageError
 from .jobs import default_jobs, run_parallel, thread_env
+from .recipes import ablations, check_model, check_recipe
+from .recipes import settings as recipe_settings
 
 #: The default arena: a long-range task where local patterns are at a disadvantage, a
 #: small transformer, and 57,600 training samples per entry (about 7 minutes on 2 cores).
@@ -70,6 +72,10 @@ class ArenaConfig:
     #: Validate every this many steps (0: ten times per run); the test split is scored
     #: once at the end either way.
     eval_every: int = 0
+    #: A training recipe for every entry (``arena.recipes``: "volt"), and pieces of it to
+    #: ablate (extra entries of the first pattern with one piece off, and all off).
+    recipe: str | None = None
+    ablate: list[str] = field(default_factory=list)
     #: Torch threads of every training worker. Fixed (not the machine's core count), so
     #: an entry computes the same floats on any machine and with any ``jobs``.
     threads: int = 1
@@ -93,6 +99,8 @@ class ArenaConfig:
             check_int(name, getattr(self, name), minimum=1)
         check_int("eval_every", self.eval_every, minimum=0)
         check_int("jobs", self.jobs, minimum=0)
+        check_recipe(self.recipe, self.ablate)
+        check_model(self.recipe, self.model)
         if self.budget not in BUDGETS:
             raise UsageError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if self.budget == "minutes" and not (self.minutes is not None and 0 < self.minutes < 1e6):
@@ -106,15 +114,21 @@ class ArenaConfig:
         plain = [(spec, spec, {}) for spec in self.patterns]
         merging = [(f"full + tome({r})", "full", {"token_merging": r}) for r in self.token_merging]
         fusion = [(f"full + evit({k})", "full", {"keep_rate": k}) for k in self.keep_rates]
-        return plain + merging + fusion
+        ablated = ablations(self.recipe, self.ablate, self.patterns[0]) if self.ablate else []
+        return plain + merging + fusion + ablated
 
     def train_config(self, spec: str, seed: int, extra: dict | None = None) -> dict[str, Any]:
+        """The ``TrainConfig`` dict of one entry: ``extra`` holds model overrides, or
+        ``recipe_off`` (the recipe's pieces switched off for this entry)."""
+        extra = dict(extra or {})
+        recipe = recipe_settings(self.recipe, extra.pop("recipe_off", ()))
         return dict(
+            **recipe["train"],
             task=self.task,
             data=self.data,
             model=self.model,
             pattern=spec,
-            overrides={**self.overrides, **(extra or {})},
+            overrides={**self.overrides, **recipe["overrides"], **extra},
             steps=self.steps,
             batch_size=self.batch_size,
             lr=self.lr,
