@@ -109,3 +109,34 @@ def test_a_rope_split_that_does_not_fit_is_refused():
         ndformer.create_model("volt-small", ndim=2)
     with pytest.raises(ValueError, match=r"rotates 64 channels, more than the head dim 96 / 3"):
         ndformer.create_model("volt-small", dim=96, heads=3)
+
+
+def test_scene_mixing_keeps_every_label_with_its_point():
+    from ndformer.tasks.points import mix_scenes
+
+    gen = torch.Generator().manual_seed(0)
+    parts = []
+    for scene in range(5):  # features carry each point's identity; labels a function of it
+        n = 20 + scene
+        ident = torch.arange(n, dtype=torch.float32) + 100 * scene
+        xyz = torch.rand(n, 3, generator=gen) * 4 + torch.tensor([10.0 * scene, -3.0, 1.5])
+        parts.append((xyz, ident[:, None], (ident.long() * 7) % 13))
+    mixed = mix_scenes(parts, 1.0, gen)
+    assert [len(x) for x, _, _ in mixed] == [20 + 21, 22 + 23, 24]  # pairs, and the last alone
+    for _, ident, labels in mixed:
+        assert torch.equal(labels, (ident[:, 0].long() * 7) % 13)  # labels stay with points
+    xyz, ident, _ = mixed[0]
+    for scene, part in ((0, slice(0, 20)), (1, slice(20, 41))):
+        source = parts[scene][0]
+        spot = torch.cat((source[:, :2].mean(0), source[:, 2:].amin(0)))
+        torch.testing.assert_close(xyz[part], source - spot)  # each grounded at the origin
+    assert mix_scenes(parts, 0.0, gen) == parts
+
+
+def test_mixing_refuses_grids(tmp_path):
+    from ndformer.train import TrainingError
+
+    data = str(blobs_npz(tmp_path / "blobs.npz"))
+    with pytest.raises(TrainingError, match=r"--mix mixes point-cloud scenes; .* holds grids"):
+        fit(TrainConfig(data=data, overrides=TINY, steps=2, mix=0.5), tmp_path / "r",
+            progress=False)  # fmt: skip

@@ -154,6 +154,10 @@ def register(app: typer.Typer, console, fail) -> None:
             float,
             typer.Option(help="Evaluate and keep an average of the weights with this decay."),
         ] = 0.0,
+        mix: Annotated[
+            float,
+            typer.Option(help="Point scenes: probability that two scenes are mixed into one."),
+        ] = 0.0,
         bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
         teacher: Annotated[
             str | None, typer.Option(help="'conv' (train an N-D CNN first) or a run dir.")
@@ -215,7 +219,7 @@ def register(app: typer.Typer, console, fail) -> None:
             task=task, data=source.data, **fields, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
             tensorboard=tensorboard, patience=patience, schedule=schedule,
-            label_smoothing=label_smoothing, lovasz=lovasz, ema=ema,
+            label_smoothing=label_smoothing, lovasz=lovasz, ema=ema, mix=mix,
         )  # fmt: skip
         plan = None
         if not resume and where.main:

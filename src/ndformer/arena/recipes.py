@@ -27,14 +27,15 @@ class Piece:
 
 
 #: Volt's recipe (arXiv 2604.19609) as far as ndformer has it: the loss (cross-entropy
-#: with label smoothing 0.1 + Lovász-softmax), OneCycle, an EMA of the weights, and
-#: attention with qk-norm and RoPE base 100.
+#: with label smoothing 0.1 + Lovász-softmax), OneCycle, an EMA of the weights, scene
+#: mixing with probability 0.85, and attention with qk-norm and RoPE base 100.
 RECIPES: dict[str, dict[str, Piece]] = {
     "volt": {
         "label_smoothing": Piece("train", "label_smoothing", 0.1, 0.0),
         "lovasz": Piece("train", "lovasz", True, False),
         "onecycle": Piece("train", "schedule", "onecycle", "cosine"),
         "ema": Piece("train", "ema", 0.999, 0.0),
+        "mix": Piece("train", "mix", 0.85, 0.0),
         "qk_norm": Piece("overrides", "qk_norm", True, False),
         "rope_base": Piece("overrides", "rope_base", 100.0, 10000.0),
     },

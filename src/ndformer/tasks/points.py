@@ -59,6 +59,31 @@ class Augment3D:
         return xyz, rgb, label
 
 
+def mix_scenes(parts: list[tuple], probability: float, gen: torch.Generator) -> list[tuple]:
+    """Scene mixing (Mix3D, as Volt trains): consecutive pairs of (xyz, features, labels)
+    scenes become one scene with probability ``probability`` each: both are moved to
+    stand on one spot (horizontal centroid at 0, floor at z = 0) and their points,
+    features and labels concatenated, every point keeping its label. A last scene
+    without a partner stays alone."""
+    out = []
+    for first in range(0, len(parts) - 1, 2):
+        a, b = parts[first], parts[first + 1]
+        if float(torch.rand((), generator=gen)) < probability:
+            pairs = zip(_grounded(a), _grounded(b), strict=True)
+            out.append(tuple(torch.cat(pair) for pair in pairs))
+        else:
+            out += [a, b]
+    if len(parts) % 2:
+        out.append(parts[-1])
+    return out
+
+
+def _grounded(part: tuple) -> tuple:
+    xyz, features, labels = part
+    spot = torch.cat((xyz[:, :2].mean(0), xyz[:, 2:].amin(0)))
+    return xyz - spot, features, labels
+
+
 @dataclass
 class PointTaskData:
     """Labelled point-cloud scenes split into train / val / test (per-point segmentation).
@@ -125,10 +150,15 @@ class PointTaskData:
         return self.xyz[split][lo:hi], None if rgb is None else rgb[lo:hi], self.label[split][lo:hi]
 
     def batch(
-        self, split: str, index: Sequence[int] | torch.Tensor, gen: torch.Generator | None = None
+        self,
+        split: str,
+        index: Sequence[int] | torch.Tensor,
+        gen: torch.Generator | None = None,
+        mix: float = 0.0,
     ) -> tuple[PointBatch, torch.Tensor]:
         """Scenes ``index`` of ``split`` as one ``PointBatch`` and their labels [N];
-        augmented (``augmentation``) when a generator is given."""
+        augmented (``augmentation``, then ``mix_scenes`` with probability ``mix``) when a
+        generator is given."""
         parts = []
         for i in torch.as_tensor(index).tolist():
             xyz, rgb, label = self.scene(split, i)
@@ -136,6 +166,8 @@ class PointTaskData:
             if gen is not None:
                 xyz, rgb, label = self.augmentation(xyz.float(), rgb, label, gen)
             parts.append((xyz, rgb, label))
+        if gen is not None and mix:
+            parts = mix_scenes(parts, mix, gen)
         return PointBatch.from_scenes([(x, r) for x, r, _ in parts]), torch.cat(
             [lab for _, _, lab in parts]
         )

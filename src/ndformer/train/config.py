@@ -66,6 +66,8 @@ class TrainConfig:
     #: Decay of an exponential moving average of the weights, evaluated and kept at the
     #: end instead of the raw weights (0: none; e.g. 0.999).
     ema: float = 0.0
+    #: Point scenes: the probability that two scenes of a batch are mixed into one.
+    mix: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.data is None):
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {names}, got {self.schedule!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.mix <= 1:
+            raise ValueError(f"mix (a probability) must be in [0, 1], got {self.mix}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
 

@@ -82,11 +82,13 @@ def num_samples(data: Data, split: str) -> int:
     return data.num_samples(split) if isinstance(data, PointTaskData) else len(data.y[split])
 
 
-def make_batch(data: Data, split: str, index, gen: torch.Generator | None = None):
+def make_batch(data: Data, split: str, index, gen: torch.Generator | None = None,
+               mix: float = 0.0):  # fmt: skip
     """(model input, labels) of the samples ``index`` of ``split``, augmented if ``gen`` is
-    given: a normalised float batch for grids, a ``PointBatch`` (labels [N]) for points."""
+    given: a normalised float batch for grids, a ``PointBatch`` (labels [N]) for points
+    (pairs of scenes mixed into one with probability ``mix``)."""
     if isinstance(data, PointTaskData):
-        return data.batch(split, index, gen)
+        return data.batch(split, index, gen, mix)
     x, y = data.x[split][index].float(), data.y[split][index]
     if gen is not None:
         x, y = augment(data, x, y, gen)

@@ -208,6 +208,8 @@ def fit(
             f"several processes train grid tasks only; {data.name} holds point clouds, whose"
             " scenes differ in size (train with one process)"
         )
+    if config.mix and not isinstance(data, PointTaskData):
+        raise TrainingError(f"--mix mixes point-cloud scenes; {data.name} holds grids")
     if where.parallel and config.teacher == "conv":
         raise TrainingError("several processes cannot train the conv teacher: train it first"
                             " (one process) and pass its run as --teacher")  # fmt: skip
@@ -275,7 +277,8 @@ def _global_batch(config: TrainConfig, data: Data, index, step: int, where: Worl
     stochastic depth seeded by the step), and this process's share of it."""
     torch.manual_seed(step_seed(config.seed, step))  # stochastic depth
     gen = torch.Generator().manual_seed(step_seed(config.seed, step) + 1)
-    return share(make_batch(data, "train", index, gen if config.augment else None), where)
+    batch = make_batch(data, "train", index, gen if config.augment else None, config.mix)
+    return share(batch, where)
 
 
 def _stopping(done: int, stop_after, time_limit, began: float, where: World) -> bool:
