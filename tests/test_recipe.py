@@ -140,3 +140,50 @@ def test_mixing_refuses_grids(tmp_path):
     with pytest.raises(TrainingError, match=r"--mix mixes point-cloud scenes; .* holds grids"):
         fit(TrainConfig(data=data, overrides=TINY, steps=2, mix=0.5), tmp_path / "r",
             progress=False)  # fmt: skip
+
+
+def test_hard_distillation_trains_a_second_head_on_the_teachers_labels():
+    import ndformer
+    from ndformer.point_tokens import PointBatch
+    from ndformer.tasks.points import IGNORE
+    from ndformer.train.losses import supervised_loss
+    from ndformer.train.step import param_groups, train_step
+
+    torch.manual_seed(0)
+    student = ndformer.create_model("volt-tiny", in_chans=2, num_classes=4, depth=1, dim=24,
+                                    heads=2, voxel_size=0.5, distill_head=True)  # fmt: skip
+    teacher = ndformer.create_model("voxconv-tiny", in_chans=2, num_classes=4, dim=8,
+                                    voxel_size=0.5)  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    x = PointBatch(torch.rand(200, 3, generator=gen) * 4, torch.randn(200, 2, generator=gen),
+                   (torch.arange(200) >= 90).long())  # fmt: skip
+    y = torch.randint(0, 4, (200,), generator=gen)
+    y[:7] = IGNORE
+    config = TrainConfig(task="digits", teacher="conv", distill="hard", distill_alpha=0.5,
+                         label_smoothing=0.1, lovasz=True)  # fmt: skip
+    with torch.no_grad():
+        student.train()
+        features = student.forward_features(x)
+        supervised = supervised_loss(student.forward_head(features), y, 0.1, True)
+        teacher_labels = teacher.eval()(x).argmax(1)
+        side = student.distill_head(features)
+        labelled = y != IGNORE
+        kd = torch.nn.functional.cross_entropy(side[labelled], teacher_labels[labelled])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-3)
+    result = train_step(student, optimizer, config, 0, (x, y), teacher)
+    assert result.loss == pytest.approx(float(0.5 * supervised + 0.5 * kd), rel=1e-5)
+    after = student.state_dict()
+    assert not torch.equal(before["distill_head.1.weight"], after["distill_head.1.weight"])
+    with torch.no_grad():  # predictions come from the main head
+        torch.testing.assert_close(student.eval()(x),
+                                   student.forward_head(student.forward_features(x)))  # fmt: skip
+
+
+def test_hard_distillation_needs_a_model_with_a_second_head(tmp_path):
+    from ndformer.train import TrainingError
+
+    data = str(blobs_npz(tmp_path / "blobs.npz"))
+    with pytest.raises(TrainingError, match="--distill hard trains a second head, which vit-tiny"):
+        fit(TrainConfig(data=data, overrides=TINY, steps=2, teacher="conv", distill="hard"),
+            tmp_path / "r", progress=False)  # fmt: skip

@@ -163,6 +163,13 @@ def register(app: typer.Typer, console, fail) -> None:
             str | None, typer.Option(help="'conv' (train an N-D CNN first) or a run dir.")
         ] = None,
         teacher_steps: Annotated[int | None, typer.Option(help="Steps for --teacher conv.")] = None,
+        distill: Annotated[
+            str,
+            typer.Option(
+                help="soft (the teacher's logits) or hard (a second head on its"
+                " labels; volt models)."
+            ),
+        ] = "soft",
         eval_every: Annotated[int, typer.Option(help="Validate + checkpoint every N.")] = 0,
         tensorboard: Annotated[bool, typer.Option(help="Also log to out/tensorboard.")] = False,
         dry_run: Annotated[
@@ -219,7 +226,7 @@ def register(app: typer.Typer, console, fail) -> None:
             task=task, data=source.data, **fields, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
             tensorboard=tensorboard, patience=patience, schedule=schedule,
-            label_smoothing=label_smoothing, lovasz=lovasz, ema=ema, mix=mix,
+            label_smoothing=label_smoothing, lovasz=lovasz, ema=ema, mix=mix, distill=distill,
         )  # fmt: skip
         plan = None
         if not resume and where.main:

@@ -36,6 +36,8 @@ class VoltConfig(ModelConfig):
     #: RoPE's base and its rotation pairs per axis (None: even; Volt-S: 100, (12, 12, 8)).
     rope_base: float = 10000.0
     rope_split: tuple[int, ...] | None = None
+    #: A second head, trained on a teacher's argmax labels (Volt's distillation).
+    distill_head: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,13 +117,17 @@ class PointModel(NdModel):
 
     def _make_head(self) -> None:
         c = self.config
-        self.head = (
-            nn.Sequential(
+
+        def head() -> nn.Module:
+            if c.num_classes <= 0:
+                return nn.Identity()
+            return nn.Sequential(
                 nn.LayerNorm(self.num_features), nn.Linear(self.num_features, c.num_classes)
             )
-            if c.num_classes > 0
-            else nn.Identity()
-        )
+
+        self.head = head()
+        if getattr(c, "distill_head", False):  # trained on a teacher's labels, not used to predict
+            self.distill_head = head()
 
     def forward_head(self, features: torch.Tensor, size=None) -> torch.Tensor:
         return self.head(features)

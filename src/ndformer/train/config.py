@@ -68,6 +68,9 @@ class TrainConfig:
     ema: float = 0.0
     #: Point scenes: the probability that two scenes of a batch are mixed into one.
     mix: float = 0.0
+    #: Distillation from ``teacher``: "soft" (KL to its logits at ``temperature``) or
+    #: "hard" (cross-entropy of a separate head against its argmax labels; Volt's).
+    distill: str = "soft"
 
     def __post_init__(self) -> None:
         if (self.task is None) == (self.data is None):
@@ -92,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {names}, got {self.schedule!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.distill not in ("soft", "hard"):
+            raise ValueError(f"distill must be soft or hard, got {self.distill!r}")
         if not 0 <= self.mix <= 1:
             raise ValueError(f"mix (a probability) must be in [0, 1], got {self.mix}")
         if not 0 <= self.ema < 1:

@@ -50,6 +50,11 @@ def build_for(config: TrainConfig, data: Data) -> NdModel:
         overrides["voxel_size"] = data.voxel_size
     if config.pattern is not None:
         overrides["pattern"] = config.pattern
+    if config.teacher is not None and config.distill == "hard":
+        if not _has_field(config.model, "distill_head"):
+            raise TrainingError(f"--distill hard trains a second head, which {config.model} has"
+                                " not (volt models have it); use --distill soft")  # fmt: skip
+        overrides["distill_head"] = True
     overrides.update(config.overrides)
     torch.manual_seed(config.seed)
     return create_model(config.model, **overrides)

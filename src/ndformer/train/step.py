@@ -67,6 +67,15 @@ def distill_loss(
     return per_item[labelled].mean() * temperature**2
 
 
+def hard_distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of ``student`` (the distillation head's logits) against the teacher's
+    argmax labels, over the labelled outputs (as ``distill_loss``)."""
+    labelled = labels != IGNORE
+    return F.cross_entropy(student.float()[labelled], teacher.argmax(1)[labelled])
+
+
 def train_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of the labelled outputs (per sample, pixel or point)."""
     labelled = labels != IGNORE
@@ -105,12 +114,20 @@ def train_step(
     x, y = batch
     weight, _ = loss_weight(y, where)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
-        logits = model(x)
+        hard = teacher is not None and config.distill == "hard"
+        if hard:  # one pass through the network, two heads (points train in one process)
+            features = model.forward_features(x)
+            logits, side = model.forward_head(features), model.distill_head(features)
+        else:
+            logits = model(x)
         loss = supervised_loss(logits, y, config.label_smoothing, config.lovasz)
         if teacher is not None:
             with torch.no_grad():
                 target = teacher.eval()(x).float()
-            kd = distill_loss(logits.float(), target, config.temperature, y)
+            if hard:
+                kd = hard_distill_loss(side, target, y)
+            else:
+                kd = distill_loss(logits.float(), target, config.temperature, y)
             loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
     value, metric = global_means(loss.item(), train_metric(logits, y), y, where)
     if not math.isfinite(value):  # every process sees the same global value
