@@ -220,14 +220,14 @@ def _train_entries(config: ArenaConfig, entries, steps: list[int], resume: bool,
     todo = [number for number in range(total) if number not in done]
 
     def train(index: int) -> dict[str, Any]:
-        label, seed, run_dir, train = runs[todo[index]]
+        label, seed, run_dir, settings = runs[todo[index]]
         if run_dir.exists():
             shutil.rmtree(run_dir)
         started = time.perf_counter()
-        request = dict(config=train, out=str(run_dir))
+        request = dict(config=settings, out=str(run_dir))
         result = _run_worker("ndformer.arena.measure", request, threads=config.threads)
         row = dict(pattern=label, seed=seed, seconds=time.perf_counter() - started,
-                   run=str(run_dir), config=train, **result)  # fmt: skip
+                   run=str(run_dir), config=settings, **result)  # fmt: skip
         if "error" not in row:
             _write_entry(run_dir, row)
         return row
