@@ -275,6 +275,11 @@ def test_scenes_without_colours_train_and_predict(tmp_path):
         np.savez(folder / f"s{i}.npz", xyz=xyz, label=label)
     data = load_data(folder)
     assert isinstance(data, PointTaskData) and data.in_chans == 0
+    # the same scans without colours, on coarse voxels (the teacher's dense grid stays small)
+    split = dict(train=scenes(6, 300), val=scenes(2, 300, 1), test=scenes(2, 300, 2))
+    parts = {name: [(x, None, y) for x, _, y in items] for name, items in split.items()}
+    data = from_scenes("rooms", parts, num_classes=len(SCENE_CLASSES), voxel_size=0.25, patch=2)
+    assert data.in_chans == 0
     config = TrainConfig(task="scenes-points", model="volt-tiny", overrides=TINY_VOLT, steps=2,
                          batch_size=2, teacher="conv", teacher_steps=2)  # fmt: skip
     result = fit(config, tmp_path / "run", data=data, progress=False)
