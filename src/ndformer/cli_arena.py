@@ -105,7 +105,7 @@ def register_arena(app: typer.Typer, console, fail) -> None:
             str | None,
             typer.Option(
                 help="Train every entry with a recipe: volt (Lovász, label"
-                " smoothing, OneCycle, EMA, qk-norm, RoPE base 100)."
+                " smoothing, OneCycle, EMA, scene mixing, qk-norm, RoPE base 100)."
             ),
         ] = None,
         ablate: Annotated[

@@ -48,8 +48,10 @@ class RoPE(nn.Module):
         if split is None:
             split = (head_dim // (2 * ndim),) * ndim
         split = tuple(split)
-        if len(split) != ndim or any(check_int("RoPE split", n, 1) < 1 for n in split):
+        if len(split) != ndim:
             raise ValueError(f"RoPE split needs one pair count >= 1 per axis ({ndim}), got {split}")
+        for pairs in split:
+            check_int("RoPE split", pairs, minimum=1)
         if 2 * sum(split) > head_dim:
             raise ValueError(
                 f"RoPE split {split} rotates {2 * sum(split)} channels, more than head_dim ="
@@ -57,7 +59,6 @@ class RoPE(nn.Module):
             )
         self.head_dim, self.ndim, self.base, self.split = head_dim, ndim, float(base), split
         self.even = len(set(split)) == 1
-        self.per_axis = 2 * split[0] if self.even else None
         self.rotated = 2 * sum(split)
 
     def frequencies(self, device: torch.device, dtype: torch.dtype, axis: int = 0) -> torch.Tensor:
@@ -79,7 +80,7 @@ class RoPE(nn.Module):
         cos, sin = [], []
         for axis in range(self.ndim):
             angles = positions[..., axis, None] * self.frequencies(device, compute, axis)
-            cos.append(angles.cos().repeat(*([1] * (angles.dim() - 1)), 2))
+            cos.append(torch.cat((angles.cos(), angles.cos()), dim=-1))
             sin.append(torch.cat((-angles.sin(), angles.sin()), dim=-1))
         return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
 

@@ -117,6 +117,10 @@ class ArenaConfig:
         ablated = ablations(self.recipe, self.ablate, self.patterns[0]) if self.ablate else []
         return plain + merging + fusion + ablated
 
+    def jobs_for(self, entries: int) -> int:
+        """Entries that train at a time when ``entries`` are to train."""
+        return self.jobs or default_jobs(self.threads, entries)
+
     def train_config(self, spec: str, seed: int, extra: dict | None = None) -> dict[str, Any]:
         """The ``TrainConfig`` dict of one entry: ``extra`` holds model overrides, or
         ``recipe_off`` (the recipe's pieces switched off for this entry)."""
@@ -236,7 +240,7 @@ def _train_entries(config: ArenaConfig, entries, steps: list[int], resume: bool,
         if on_entry is not None:
             on_entry(todo[index], total, runs[todo[index]][0], {})
 
-    jobs = config.jobs or default_jobs(config.threads, len(todo))
+    jobs = config.jobs_for(len(todo))
     try:
         for index, row in run_parallel(train, len(todo), jobs, on_start):
             number = todo[index]
@@ -271,7 +275,7 @@ def _plan(config: ArenaConfig, entries, steps, resume: bool, notes: dict[str, An
             on_plan([f"plan: could not measure the entries ({planned['error']})"])
         return
     plans = planned["plans"]
-    jobs = config.jobs or default_jobs(config.threads, len(todo))
+    jobs = config.jobs_for(len(todo))
     notes["plan"] = dict(seconds=arena_seconds(plans, COST_ROUNDS, jobs),
                          peak_bytes=peak_at_once(plans, jobs), jobs=jobs,
                          threads=config.threads)  # fmt: skip

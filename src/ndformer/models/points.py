@@ -173,8 +173,7 @@ class VoltNet(PointModel):
         """Per-point features [N, dim] from ``tokenizer.assign``'s (inputs, point_token,
         layout): the part of the model with weights, and without data-dependent shapes
         (what an exported point model runs)."""
-        tokens, per_point = self.tokenizer.embed(inputs, point_token, layout.num_tokens)
-        h = tokens
+        h, per_point = self.tokenizer.embed(inputs, point_token, layout.num_tokens)
         for block in self.blocks:
             h = block(h, points=layout)
         offsets = inputs[:, : self.ndim]

@@ -62,9 +62,9 @@ class Augment3D:
 def mix_scenes(parts: list[tuple], probability: float, gen: torch.Generator) -> list[tuple]:
     """Scene mixing (Mix3D, as Volt trains): consecutive pairs of (xyz, features, labels)
     scenes become one scene with probability ``probability`` each: both are moved to
-    stand on one spot (horizontal centroid at 0, floor at z = 0) and their points,
-    features and labels concatenated, every point keeping its label. A last scene
-    without a partner stays alone."""
+    stand on one spot (horizontal centroid at 0, floor at 0 on the last axis, up) and
+    their points, features and labels concatenated, every point keeping its label. A
+    last scene without a partner stays alone."""
     out = []
     for first in range(0, len(parts) - 1, 2):
         a, b = parts[first], parts[first + 1]
@@ -80,7 +80,7 @@ def mix_scenes(parts: list[tuple], probability: float, gen: torch.Generator) -> 
 
 def _grounded(part: tuple) -> tuple:
     xyz, features, labels = part
-    spot = torch.cat((xyz[:, :2].mean(0), xyz[:, 2:].amin(0)))
+    spot = torch.cat((xyz[:, :-1].mean(0), xyz[:, -1:].amin(0)))
     return xyz - spot, features, labels
 
 

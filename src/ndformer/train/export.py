@@ -29,7 +29,7 @@ from ..choice import portable
 from ..errors import DataError, UsageError
 from ..models import NdModel
 from ..models.config import POINT_ARCHS
-from .export_points import EXPORTABLE, PointProgram, dynamic_shapes, point_inputs
+from .export_points import PointProgram, dynamic_shapes, not_exportable, point_inputs
 
 FORMATS = ("pt2", "onnx")
 
@@ -41,12 +41,8 @@ def _missing(*modules: str) -> list[str]:
 def _check(model: NdModel, example: torch.Tensor, fmt: str) -> None:
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    if model.config.arch in POINT_ARCHS and model.config.arch not in EXPORTABLE:
-        raise UsageError(
-            f"{model.config.name or model.config.arch} builds a dense voxel grid whose size"
-            " depends on the points and exports as no single graph; point models that export:"
-            f" {', '.join(EXPORTABLE)}"
-        )
+    if model.config.arch in POINT_ARCHS and (reason := not_exportable(model)) is not None:
+        raise UsageError(reason)
     model.check_input(example, "the example input")
     if fmt == "onnx" and (missing := _missing("onnx", "onnxscript")):
         raise UsageError(

@@ -30,6 +30,15 @@ from ..point_batch import PointBatch
 EXPORTABLE = ("volt",)
 
 
+def not_exportable(model: NdModel) -> str | None:
+    """Why ``model`` (a point model) exports as no single graph, or None if it does."""
+    if model.config.arch in EXPORTABLE:
+        return None
+    return (f"{model.config.name or model.config.arch} builds a dense voxel grid whose size"
+            " depends on the points and exports as no single graph; point models that"
+            f" export: {', '.join(EXPORTABLE)}")  # fmt: skip
+
+
 def _patterns(model: NdModel) -> list:
     """The distinct attention patterns of the model's blocks, ordered by ``repr``."""
     unique = {repr(block.attn.pattern): block.attn.pattern for block in model.blocks}
@@ -42,12 +51,8 @@ class PointProgram(nn.Module):
 
     def __init__(self, model: NdModel) -> None:
         super().__init__()
-        if model.config.arch not in EXPORTABLE:
-            raise ValueError(
-                f"{model.config.name or model.config.arch} builds a dense voxel grid whose size"
-                " depends on the points and exports as no single graph; point models that"
-                f" export: {', '.join(EXPORTABLE)}"
-            )
+        if (reason := not_exportable(model)) is not None:
+            raise ValueError(reason)
         self.model = model
         self.patterns = [repr(p) for p in _patterns(model)]
 

@@ -24,15 +24,13 @@ def onecycle_lr(peak: float, steps: int, rise: float, step: int) -> float:
     """PyTorch's ``OneCycleLR`` (cosine, two phases, no momentum cycling) at ``step``:
     from ``peak / 25`` up to ``peak`` by step ``rise * steps - 1``, then down to
     ``peak / 25 / 1e4`` at step ``steps - 1``."""
-    low = peak / 25
-    phases = ((float(rise * steps) - 1, low, peak), (steps - 1, peak, low / 1e4))
-    start = 0.0
-    for number, (end, first, last) in enumerate(phases):
-        if step <= end or number == len(phases) - 1:
-            progress = (step - start) / (end - start) if end != start else 1.0
-            return last + (first - last) / 2 * (math.cos(math.pi * progress) + 1)
-        start = end
-    raise AssertionError  # pragma: no cover
+    low, top = peak / 25, float(rise * steps) - 1
+    if step <= top:  # rising: from low at step 0 to peak at step top
+        start, end, first, last = 0.0, top, low, peak
+    else:  # falling: from peak at step top to low / 1e4 at the last step
+        start, end, first, last = top, steps - 1, peak, low / 1e4
+    progress = (step - start) / (end - start) if end != start else 1.0
+    return last + (first - last) / 2 * (math.cos(math.pi * progress) + 1)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
