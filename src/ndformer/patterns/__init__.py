@@ -9,6 +9,7 @@ from .base import Pattern, Separable, list_patterns
 from .compose import HeadSplit, Intersection, Union
 from .keysets import HiLo, KeySetPattern, Linear, Pooled, Routing, Summary
 from .local import Axial, Causal, Full, Neighborhood, Stripe, Window
+from .sets import RotatedSets
 from .sorted import Flattened, Serialized
 from .spec import pattern
 
@@ -30,6 +31,7 @@ __all__ = [
     "PartitionRule",
     "Pattern",
     "Pooled",
+    "RotatedSets",
     "Routing",
     "Separable",
     "Serialized",

@@ -135,8 +135,8 @@ class Separable(Pattern):
         if isinstance(layout, Points) and any(r.needs_grid for r in rules):
             raise ValueError(
                 f"{self!r} is defined on a grid (its windows shift inward at the grid's"
-                f" borders) and {layout!r} has none: use window, stripe, serialized or"
-                " flattened attention on points"
+                f" borders) and {layout!r} has none: use window, stripe, serialized,"
+                " flattened or rotated_sets attention on points"
             )
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:

@@ -34,7 +34,7 @@ class KeySetPattern(Pattern):
         if isinstance(layout, Points) and not self.on_points:
             raise ValueError(
                 f"{self!r} is defined on grids ({self.describe()}); on {layout!r} use pooled,"
-                " window, stripe, serialized or flattened attention"
+                " window, stripe, serialized, flattened or rotated_sets attention"
             )
 
     def mask_rows(self, layout: Grid, queries: torch.Tensor, heads: int = 1) -> torch.Tensor:
