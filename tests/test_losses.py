@@ -1,5 +1,6 @@
 """Training losses against their definitions: the Lovász-softmax loss (a brute-force
-Lovász extension of the Jaccard loss, computed from sets) and label smoothing."""
+Lovász extension of the Jaccard loss, computed from sets), label smoothing and the soft
+Dice loss (written out with loops)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ndformer.tasks.points import IGNORE
-from ndformer.train.losses import lovasz_extension, lovasz_softmax, supervised_loss
+from ndformer.train.losses import (
+    lovasz_extension,
+    lovasz_softmax,
+    soft_dice_loss,
+    supervised_loss,
+)
 
 
 def jaccard_loss(wrong: set[int], truth: list[bool]) -> float:
@@ -99,3 +105,45 @@ def test_label_smoothing_spreads_the_target_and_lovasz_adds(seed, smoothing, lov
         want = want + lovasz_softmax(logits, labels)
     got = supervised_loss(logits, labels, smoothing, lovasz)
     assert got.item() == pytest.approx(want.item(), rel=1e-10)
+
+
+def soft_dice_by_loops(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """1 - mean over samples and classes of (2 sum p g + 1e-5) / (sum p + sum g + 1e-5)."""
+    probs = logits.softmax(1)
+    scores = []
+    for b in range(logits.shape[0]):
+        for c in range(logits.shape[1]):
+            p = [
+                float(v) for v, y in zip(probs[b, c].flatten(), labels[b].flatten()) if y != IGNORE
+            ]
+            g = [float(y == c) for y in labels[b].flatten().tolist() if y != IGNORE]
+            overlap = sum(a * t for a, t in zip(p, g))
+            scores.append((2 * overlap + 1e-5) / (sum(p) + sum(g) + 1e-5))
+    return 1 - sum(scores) / len(scores)
+
+
+@given(seed=st.integers(0, 2**31 - 1), classes=st.integers(2, 4), ignored=st.integers(0, 5))
+def test_soft_dice_equals_its_definition_and_adds_to_cross_entropy(seed, classes, ignored):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, classes, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, classes, (2, 3, 4), generator=gen)
+    labels.view(-1)[:ignored] = IGNORE
+    got = soft_dice_loss(logits, labels)
+    assert got.item() == pytest.approx(soft_dice_by_loops(logits.detach(), labels), rel=1e-10)
+    plain = supervised_loss(logits, labels)
+    assert supervised_loss(logits, labels, dice=True).item() == pytest.approx(
+        plain.item() + got.item(), rel=1e-10
+    )
+    # points: [N, C] logits are one sample
+    flat = logits.detach()[0].flatten(1).T
+    assert soft_dice_loss(flat, labels[0].flatten()).item() == pytest.approx(
+        soft_dice_by_loops(logits.detach()[:1], labels[:1]), rel=1e-10
+    )
+
+
+def test_soft_dice_gradients_are_its_derivative():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 2), generator=gen)
+    labels[0, 0, 0] = IGNORE
+    assert torch.autograd.gradcheck(lambda x: soft_dice_loss(x, labels), (logits,))

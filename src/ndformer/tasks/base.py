@@ -16,6 +16,7 @@ from .._io import atomic_write
 from ..errors import DataError
 
 KINDS = ("classification", "segmentation")
+SEGMENTATION_METRICS = ("miou", "dice")
 #: Tokens per sample the patch suggestion for user data aims at, per number of axes
 #: (3-D is held to 128: the dense layers of every token dominate a small model's step).
 TOKEN_BUDGET = {1: 256, 2: 256, 3: 128, 4: 256}
@@ -42,12 +43,20 @@ class TaskData:
     flip_axes: tuple[int, ...] = ()
     max_shift: int = 0
     class_names: list[str] | None = None
+    #: Segmentation only: ``miou`` or ``dice`` (mean foreground Dice per case, class 0
+    #: the background), the metric ``evaluate`` reports.
+    segmentation_metric: str = "miou"
     mean: torch.Tensor = field(init=False, repr=False)
     std: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"task kind must be one of {KINDS}, got {self.kind!r}")
+        if self.segmentation_metric not in SEGMENTATION_METRICS:
+            raise ValueError(
+                f"segmentation_metric must be one of {SEGMENTATION_METRICS},"
+                f" got {self.segmentation_metric!r}"
+            )
         for split in SPLITS:
             if split not in self.x or split not in self.y:
                 raise ValueError(f"task {self.name!r} has no {split!r} split")
@@ -71,7 +80,7 @@ class TaskData:
 
     @property
     def metric(self) -> str:
-        return "accuracy" if self.kind == "classification" else "miou"
+        return "accuracy" if self.kind == "classification" else self.segmentation_metric
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """A raw batch [b, C, *spatial] -> float32, normalised with the train split's statistics."""

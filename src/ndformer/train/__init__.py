@@ -5,7 +5,7 @@ from .config import TrainConfig, TrainingError
 from .data import build_for, resolve_data
 from .evaluate import evaluate_model, predict
 from .fit import RunResult, fit
-from .metrics import Score, accuracy_score, miou_score
+from .metrics import Score, accuracy_score, dice_score, miou_score
 from .segment import segment_file, segment_points
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "accuracy_score",
     "atomic_write",
     "build_for",
+    "dice_score",
     "evaluate_model",
     "fit",
     "load",

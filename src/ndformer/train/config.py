@@ -63,6 +63,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     #: Add the Lovász-softmax loss (a surrogate of every class's IoU) to cross-entropy.
     lovasz: bool = False
+    #: Add the soft Dice loss (mean over samples and classes; medical segmentation's).
+    dice: bool = False
     #: Decay of an exponential moving average of the weights, evaluated and kept at the
     #: end instead of the raw weights (0: none; e.g. 0.999).
     ema: float = 0.0

@@ -7,7 +7,7 @@ import torch
 from ..models import NdModel
 from ..tasks.points import IGNORE
 from .data import Data, PointTaskData, TaskData, num_samples
-from .metrics import Score, accuracy_score, confusion, miou_score
+from .metrics import Score, accuracy_score, confusion, dice_score, miou_score
 
 
 @torch.inference_mode()
@@ -36,8 +36,9 @@ def predict(model: NdModel, data: TaskData, x: torch.Tensor, batch_size: int = 1
 def evaluate_model(
     model: NdModel, data: Data, split: str = "test", limit: int | None = None
 ) -> Score:
-    """Accuracy (Wilson CI) or mIoU (bootstrap CI, over samples or scenes) of ``model``
-    on a split of ``data``; unlabelled points are not scored."""
+    """Accuracy (Wilson CI), or the task's segmentation metric (mIoU or mean Dice, with a
+    bootstrap CI over samples or scenes) of ``model`` on a split of ``data``; unlabelled
+    points are not scored."""
     if isinstance(data, PointTaskData):
         classes = data.num_classes
         matrices = []
@@ -53,4 +54,5 @@ def evaluate_model(
     pred = predict(model, data, x)
     if data.kind == "classification":
         return accuracy_score(int((pred == y).sum()), len(y))
-    return miou_score(confusion(pred, y, data.num_classes))
+    matrices = confusion(pred, y, data.num_classes)
+    return dice_score(matrices) if data.metric == "dice" else miou_score(matrices)

@@ -1,4 +1,5 @@
-"""Training losses: cross-entropy with label smoothing, and the Lovász-softmax loss.
+"""Training losses: cross-entropy with label smoothing, the Lovász-softmax loss, and the
+soft Dice loss.
 
 The Lovász-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018) is a convex
 surrogate of the Jaccard index (IoU) of every class, optimized directly: for class c
@@ -8,6 +9,12 @@ c, ``M`` a set of wrong outputs) at ``m``: with the errors sorted in decreasing 
 ``sum_k m_(k) * (Delta(first k) - Delta(first k - 1))``. The loss averages the classes
 present in the labels. Point clouds and semantic segmentation (Volt, PTv3, Cylinder3D)
 add it to cross-entropy.
+
+The soft Dice loss (V-Net; MONAI's ``DiceLoss(softmax=True)``, which SegFormer3D and most
+medical segmentation models add to cross-entropy) is one minus the mean, over samples
+and classes, of ``(2 sum p g + eps) / (sum p + sum g + eps)`` with ``p`` the softmax
+probability and ``g`` the one-hot label of the class over the sample's labelled
+outputs, ``eps = 1e-5``: a class of few voxels weighs as much as the background.
 """
 
 from __future__ import annotations
@@ -57,14 +64,42 @@ def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+#: The smoothing of the soft Dice loss's numerator and denominator (MONAI's default).
+DICE_EPS = 1e-5
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The soft Dice loss (see the module) of ``logits`` [B, C, *spatial] against labels
+    [B, *spatial], per sample; [N, C] and [N] (points) count as one sample. Outputs
+    labelled ``IGNORE`` do not count."""
+    if logits.dim() == 2:
+        logits, labels = logits.T[None], labels[None]
+    probs = (logits if logits.dtype == torch.float64 else logits.float()).softmax(1)
+    probs = probs.flatten(2)  # [B, C, M]
+    labels = labels.reshape(labels.shape[0], -1)
+    keep = (labels != IGNORE).to(probs.dtype)[:, None]
+    truth = F.one_hot(labels.clamp_min(0), probs.shape[1]).movedim(-1, 1).to(probs.dtype) * keep
+    probs = probs * keep
+    overlap = (probs * truth).sum(-1)
+    dice = (2 * overlap + DICE_EPS) / (probs.sum(-1) + truth.sum(-1) + DICE_EPS)
+    return 1 - dice.mean()
+
+
 def supervised_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0, lovasz: bool = False
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    lovasz: bool = False,
+    dice: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy over the labelled outputs (with ``label_smoothing``: the target puts
     ``1 - s + s / C`` on the label and ``s / C`` on every class), plus the Lovász-softmax
-    loss if ``lovasz`` (Volt's supervised term)."""
+    loss if ``lovasz`` (Volt's supervised term), plus the soft Dice loss if ``dice``
+    (SegFormer3D's, MONAI's DiceCE)."""
     wide = logits if logits.dtype == torch.float64 else logits.float()  # bf16 under autocast
     loss = F.cross_entropy(wide, labels, ignore_index=IGNORE, label_smoothing=label_smoothing)
     if lovasz:
         loss = loss + lovasz_softmax(logits, labels)
+    if dice:
+        loss = loss + soft_dice_loss(logits, labels)
     return loss

@@ -19,7 +19,8 @@ class Score:
     low: float
     high: float
     n: int
-    #: mIoU only: each class's IoU (None for a class in neither target nor prediction).
+    #: mIoU / Dice: each class's IoU or mean Dice (None for a class in neither target nor
+    #: prediction).
     per_class: tuple[float | None, ...] | None = None
 
     def __str__(self) -> str:
@@ -80,3 +81,37 @@ def class_ious(matrix: torch.Tensor) -> tuple[float | None, ...]:
     tp = matrix.diagonal().double()
     union = matrix.sum(0).double() + matrix.sum(1).double() - tp
     return tuple(float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True))
+
+
+def class_dice(matrices: torch.Tensor) -> torch.Tensor:
+    """Dice ``2 TP / (2 TP + FP + FN)`` of every class in every sample: matrices
+    [n, C, C] (rows: target) -> float64 [n, C], NaN where the class is in neither the
+    sample's target nor its prediction (a class predicted but absent scores 0)."""
+    tp = matrices.diagonal(dim1=-2, dim2=-1).double()
+    both = matrices.sum(-1).double() + matrices.sum(-2).double()  # 2 TP + FP + FN
+    return torch.where(both > 0, 2 * tp / both.clamp_min(1), torch.full_like(tp, float("nan")))
+
+
+def dice_score(
+    matrices: torch.Tensor, background: int | None = 0, resamples: int = 1000, seed: int = 0
+) -> Score:
+    """Mean Dice, the medical-segmentation metric: per case (sample), the mean Dice over
+    the classes other than ``background`` that occur in its target or prediction; then
+    the mean over cases (cases with no such class are left out). The 95% CI is a
+    bootstrap over cases. ``per_class``: each class's Dice averaged over the cases where
+    it occurs (background included, for reference). matrices: per-case confusion [n, C, C].
+    """
+    dice = class_dice(matrices)
+    foreground = [c for c in range(dice.shape[1]) if c != background]
+    per_case = dice[:, foreground].nanmean(1)
+    per_case = per_case[~per_case.isnan()]
+    n = len(per_case)
+    if n == 0:
+        return Score("dice", float("nan"), float("nan"), float("nan"), 0)
+    gen = torch.Generator().manual_seed(seed)
+    boot = per_case[torch.randint(n, (resamples, n), generator=gen)].mean(1)
+    low, high = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+    classes = tuple(
+        None if column.isnan().all() else float(column.nanmean()) for column in dice.T
+    )
+    return Score("dice", float(per_case.mean()), low, high, n, classes)

@@ -118,7 +118,7 @@ def train_step(
             logits, side = model.forward_head(features), model.distill_head(features)
         else:
             logits = model(x)
-        loss = supervised_loss(logits, y, config.label_smoothing, config.lovasz)
+        loss = supervised_loss(logits, y, config.label_smoothing, config.lovasz, config.dice)
         if teacher is not None:
             with torch.no_grad():
                 target = teacher.eval()(x).float()
