@@ -5,7 +5,7 @@ are padded and cropped back) to [B, num_classes] or, with ``head='segmentation'`
 to [B, num_classes, *spatial]. Point models (``volt-*``, ``voxconv-*``) map a
 ``PointBatch`` to per-point logits [N, num_classes]. Each family registers its config
 type, model class and named sizes next to its code (``vit.py``, ``hierarchical.py``,
-``points.py``).
+``segformer.py``, ``points.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .base import NdModel, build_model, create_model, list_models
 from .config import MODELS, POINT_ARCHS, ModelConfig
 from .hierarchical import HierarchicalConfig, HierarchicalNet
 from .points import PointModel, VoltConfig, VoltNet, VoxconvConfig, VoxelConvNet
+from .segformer import Segformer, SegformerConfig
 from .vit import VisionTransformer, VitConfig
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "ModelConfig",
     "NdModel",
     "PointModel",
+    "Segformer",
+    "SegformerConfig",
     "VisionTransformer",
     "VitConfig",
     "VoltConfig",

@@ -140,6 +140,9 @@ def choose_defaults(
             choices.append(Choice("pattern", pattern or overrides["pattern"], "given", True))
         elif registered.get("pattern", "full") != "full":
             choices.append(Choice("pattern", registered["pattern"], f"{model}'s own"))
+        elif registered.get("arch") == "segformer":
+            reason = "segformer's efficient self-attention (keys reduced by its sr_ratios)"
+            choices.append(Choice("pattern", "full", reason))
         else:
             dim = overrides.get("dim", registered.get("dim", 192))
             limit = FULL_PER_DIM * dim
