@@ -273,6 +273,7 @@ def build_app():
 INFO_PATTERNS = (
     "full", "window(8)", "window(8, shift=4)", "neighborhood(7)", "stripe(0, 8)", "axial(0)",
     "causal(0)", "window(8) | axial(0)", "pooled(4)", "linear", "serialized('hilbert', 64)",
+    "rotated_sets(8, 36)",
 )  # fmt: skip
 
 

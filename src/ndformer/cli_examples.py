@@ -35,6 +35,10 @@ Examples:
 
   ndformer predict runs/rooms scene.ply --out labels.ply --plot labels.png
 
+  ndformer train --task organs3d --model segformer3d-tiny --out runs/organs
+
+  ndformer predict runs/organs ct.nii.gz --out labels.nii.gz --roi 32 --overlap 0.25
+
   ndformer predict runs/rooms scan.npz --out labels.npz     (npz: xyz [n, 3], optional rgb)
 """
 

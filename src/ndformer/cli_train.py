@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +27,7 @@ def _overrides(text: str | None, fail) -> dict:
 
 
 def _print_class_ious(console, score, names: list[str] | None) -> None:
-    """The IoU of every class, after an mIoU."""
+    """The IoU (after an mIoU) or Dice (after a mean Dice) of every class."""
     if score is None or score.per_class is None:
         return
     names = names or [str(c) for c in range(len(score.per_class))]
@@ -34,7 +35,18 @@ def _print_class_ious(console, score, names: list[str] | None) -> None:
         f"{n} {'-' if v is None else f'{100 * v:.1f}'}"
         for n, v in zip(names, score.per_class, strict=True)
     )
-    console.print("IoU per class (%): " + ", ".join(ious))
+    kind = "Dice" if score.metric == "dice" else "IoU"
+    console.print(f"{kind} per class (%): " + ", ".join(ious))
+
+
+@contextmanager
+def _progress_bar(console, what: str):
+    """A rich progress bar; yields ``advance(done, total)``."""
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _interrupted(out: Path) -> str:
@@ -150,6 +162,9 @@ def register(app: typer.Typer, console, fail) -> None:
         lovasz: Annotated[
             bool, typer.Option(help="Add the Lovász-softmax loss (per-class IoU surrogate).")
         ] = False,
+        dice: Annotated[
+            bool, typer.Option(help="Add the soft Dice loss (segmentation; SegFormer3D's).")
+        ] = False,
         ema: Annotated[
             float,
             typer.Option(help="Evaluate and keep an average of the weights with this decay."),
@@ -226,7 +241,7 @@ def register(app: typer.Typer, console, fail) -> None:
             task=task, data=source.data, **fields, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
             tensorboard=tensorboard, patience=patience, schedule=schedule,
-            label_smoothing=label_smoothing, lovasz=lovasz, ema=ema, mix=mix, distill=distill,
+            label_smoothing=label_smoothing, lovasz=lovasz, dice=dice, ema=ema, mix=mix, distill=distill,
         )  # fmt: skip
         plan = None
         if not resume and where.main:
@@ -285,17 +300,42 @@ def register(app: typer.Typer, console, fail) -> None:
 
     @app.command(epilog=EXAMPLES_PREDICT)
     def predict(
-        run: Annotated[Path, typer.Argument(help="A run directory of a point model.")],
-        scene: Annotated[Path, typer.Argument(help="A point cloud: .ply or .npz (xyz, rgb).")],
-        out: Annotated[Path, typer.Option(help="Where to write the labels: .ply or .npz.")],
+        run: Annotated[Path, typer.Argument(help="A run directory (point or grid segmentation).")],
+        source: Annotated[
+            Path,
+            typer.Argument(help="A point cloud (.ply, .npz with xyz, rgb) or a NIfTI volume."),
+        ],
+        out: Annotated[
+            Path, typer.Option(help="Where to write the labels: .ply / .npz, or .nii(.gz).")
+        ],
         plot: Annotated[
-            Path | None, typer.Option(help="Also draw the labels from above into this PNG.")
+            Path | None, typer.Option(help="Points: also draw the labels from above (PNG).")
         ] = None,
+        roi: Annotated[
+            int | None,
+            typer.Option(help="Volumes: sliding-window size. [default: the training size]"),
+        ] = None,
+        overlap: Annotated[float, typer.Option(help="Volumes: window overlap in [0, 1).")] = 0.25,
+        blend: Annotated[
+            str, typer.Option(help="Volumes: constant or gaussian weighting of the windows.")
+        ] = "constant",
     ) -> None:
-        """Segment a point cloud with a trained point model; writes per-point labels."""
+        """Segment a point cloud (per-point labels) or a NIfTI volume (a label map with the
+        input's affine, by sliding-window inference) with a trained run."""
+        if source.name.lower().endswith((".nii", ".nii.gz")):
+            from .train.sliding import predict_volume
+
+            with _progress_bar(console, "windows") as advance:
+                result = predict_volume(run, source, out, roi, overlap, blend, advance)
+            counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
+            shape = "x".join(map(str, result["shape"]))
+            roi_text = "x".join(map(str, result["roi"]))
+            console.print(f"{shape} voxels, {result['windows']} windows of {roi_text}: {counts}")
+            console.print(f"wrote {out}")
+            return
         from .train import segment_file
 
-        result = segment_file(run, scene, out, plot)
+        result = segment_file(run, source, out, plot)
         counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
         console.print(f"{result['points']} points: {counts}")
         if "miou" in result:

@@ -1,7 +1,7 @@
 """Kernels for sparse ``Points``: attention within groups, and per scene under a mask.
 
 ``group_attention`` serves every pattern whose relation is "same group" (Full,
-Window, Stripe and their intersections on points, Serialized, Flattened): tokens
+Window, Stripe and their intersections on points, Serialized, Flattened, RotatedSets): tokens
 are gathered into groups, groups of similar size are padded to one length and go
 through batched SDPA together, and outputs are scattered back. Time and memory are
 linear in N for bounded groups; no N x N tensor exists.
