@@ -166,3 +166,23 @@ def test_a_recipe_reaches_every_entry_and_ablations_switch_one_piece_off(tmp_pat
     ]:  # fmt: skip
         with pytest.raises(UsageError, match=message):
             ArenaConfig(**{"task": None, "data": "scans", "model": "volt-tiny", **kwargs})
+
+
+def test_other_models_join_the_arena_at_their_own_sizes_and_attention(tmp_path):
+    from ndformer.errors import UsageError
+
+    config = tiny_arena(tmp_path, models=["conv-tiny"], patterns=["full"])
+    entries = config.entries()
+    assert [label for label, _, _ in entries] == ["full", "conv-tiny"]
+    train = config.train_config(*entries[1][1:2], 0, entries[1][2])
+    assert train["model"] == "conv-tiny" and train["pattern"] is None and train["overrides"] == {}
+    volt = ArenaConfig(task=None, data="scans", model="volt-tiny", overrides={}, recipe="volt",
+                       models=["voxconv-tiny"])  # fmt: skip
+    label, spec, extra = volt.entries()[-1]
+    voxconv = volt.train_config(spec, 0, extra)
+    assert voxconv["lovasz"] and voxconv["overrides"] == {}  # no qk_norm on a conv network
+    rows, _ = run_arena(config)
+    assert [r["pattern"] for r in rows] == ["full", "conv-tiny"]
+    assert rows[1]["config"]["model"] == "conv-tiny" and rows[1]["dense_gflop"] > 0
+    with pytest.raises(UsageError, match="--models: unknown resnet50; available:"):
+        tiny_arena(tmp_path, models=["resnet50"])

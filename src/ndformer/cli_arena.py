@@ -53,6 +53,13 @@ def register_arena(app: typer.Typer, console, fail) -> None:
             list[str] | None, typer.Option(help="Pattern specs (several after one flag).")
         ] = None,
         model: Annotated[str | None, typer.Option(help="Model name.")] = None,
+        models: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Also train these models at their own sizes and attention"
+                " (segformer3d-tiny, conv-tiny; voxconv-tiny for point scenes)."
+            ),
+        ] = None,
         overrides: Annotated[str | None, typer.Option(help="Model overrides as JSON.")] = None,
         steps: Annotated[
             int | None,
@@ -148,6 +155,7 @@ def register_arena(app: typer.Typer, console, fail) -> None:
             out=out,
             token_merging=list(token_merging or []),
             keep_rates=list(keep_rate or []),
+            models=list(models or []),
             eval_every=eval_every,
             threads=threads,
             jobs=0 if jobs is None else jobs,

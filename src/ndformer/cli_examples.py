@@ -62,6 +62,8 @@ Examples:
   ndformer arena --data my_scans.npz --model hvit-tiny --patterns "window(4)" "window(7)"
 
   ndformer arena --task scenes-points --model volt-tiny --batch-size 4 --patterns full "serialized('hilbert', 64)"
+
+  ndformer arena --task organs3d --model vit-tiny --patterns full "neighborhood(3)" --models segformer3d-tiny conv-tiny --batch-size 8
 """  # noqa: E501
 
 EXAMPLES_EXPORT = """

@@ -100,18 +100,26 @@ def tokens_per_sample(model: NdModel, sample) -> int:
 
 def dense_gflop(model: NdModel, sample) -> float:
     """Forward GFLOP of one sample's linear and convolution layers (2 per multiply-add):
-    everything but attention's own products, counted by hooks on a forward pass."""
+    everything but attention's own products, counted by hooks on a forward pass (modules
+    with a ``forward_flops(args, output)`` method count themselves)."""
     total = [0.0]
 
     def count(module, args, output):
         if isinstance(module, torch.nn.Linear):
             total[0] += 2.0 * output.numel() * module.in_features
-        else:  # convolutions: every output value sums in/groups x kernel products
+        elif isinstance(module, torch.nn.modules.conv._ConvNd):
+            # every output value sums in/groups x kernel products
             kernel = math.prod(module.kernel_size)
             total[0] += 2.0 * output.numel() * module.in_channels // module.groups * kernel
+        else:  # ndformer's own convolutions (and SegFormer's attention over reduced keys)
+            total[0] += module.forward_flops(args, output)
 
     kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, kinds) or hasattr(m, "forward_flops")
+    ]
     try:
         with torch.inference_mode():
             model.eval()(_one_sample(sample))

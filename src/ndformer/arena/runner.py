@@ -62,6 +62,10 @@ class ArenaConfig:
     keep_rates: list[float] = field(default_factory=list)
     model: str = DEFAULT_MODEL
     overrides: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_OVERRIDES))
+    #: Extra entries: other models at their registered sizes, with their own attention
+    #: (e.g. ``segformer3d-tiny``, ``conv-tiny``; ``voxconv-tiny`` for point scenes),
+    #: trained under the same budget and recipe (its model settings where they apply).
+    models: list[str] = field(default_factory=list)
     budget: str = "samples"
     steps: int = DEFAULT_STEPS
     flops: float | None = None
@@ -101,6 +105,13 @@ class ArenaConfig:
         check_int("jobs", self.jobs, minimum=0)
         check_recipe(self.recipe, self.ablate)
         check_model(self.recipe, self.model)
+        from ..models.config import MODELS
+
+        unknown = [name for name in self.models if name not in MODELS]
+        if unknown:
+            raise UsageError(
+                f"--models: unknown {', '.join(unknown)}; available: {', '.join(sorted(MODELS))}"
+            )
         if self.budget not in BUDGETS:
             raise UsageError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if self.budget == "minutes" and not (self.minutes is not None and 0 < self.minutes < 1e6):
@@ -115,7 +126,8 @@ class ArenaConfig:
         merging = [(f"full + tome({r})", "full", {"token_merging": r}) for r in self.token_merging]
         fusion = [(f"full + evit({k})", "full", {"keep_rate": k}) for k in self.keep_rates]
         ablated = ablations(self.recipe, self.ablate, self.patterns[0]) if self.ablate else []
-        return plain + merging + fusion + ablated
+        others = [(name, "", {"model": name}) for name in self.models]
+        return plain + merging + fusion + ablated + others
 
     def jobs_for(self, entries: int) -> int:
         """Entries that train at a time when ``entries`` are to train."""
@@ -126,13 +138,19 @@ class ArenaConfig:
         ``recipe_off`` (the recipe's pieces switched off for this entry)."""
         extra = dict(extra or {})
         recipe = recipe_settings(self.recipe, extra.pop("recipe_off", ()))
+        model, overrides = self.model, {**self.overrides, **recipe["overrides"], **extra}
+        if "model" in extra:  # another model: its own sizes and attention
+            from ..models.config import has_field
+
+            model = extra["model"]
+            overrides = {k: v for k, v in recipe["overrides"].items() if has_field(model, k)}
         return dict(
             **recipe["train"],
             task=self.task,
             data=self.data,
-            model=self.model,
-            pattern=spec,
-            overrides={**self.overrides, **recipe["overrides"], **extra},
+            model=model,
+            pattern=spec or None,
+            overrides=overrides,
             steps=self.steps,
             batch_size=self.batch_size,
             lr=self.lr,

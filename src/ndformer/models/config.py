@@ -38,6 +38,12 @@ def register_model(name: str, arch: str, **fields: Any) -> None:
     MODELS[name] = dict(arch=arch, **fields)
 
 
+def has_field(model: str, name: str) -> bool:
+    """Whether the registered model ``model``'s config type has the field ``name``."""
+    arch = MODELS.get(model, {}).get("arch")
+    return arch in CONFIGS and name in {f.name for f in dataclasses.fields(CONFIGS[arch])}
+
+
 PatternSpec = str | list[str]
 
 

@@ -93,6 +93,10 @@ class Conv(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(dims[1])) if bias else None
 
+    def forward_flops(self, args, output: torch.Tensor) -> float:
+        """FLOPs of a forward (2 per multiply-add), for the arena's cost counts."""
+        return 2.0 * output.numel() * self.weight[0].numel()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = CONVOLUTIONS[self.ndim](
             x.movedim(-1, 1), self.weight, self.bias, self.stride, self.padding, 1, self.groups
@@ -136,6 +140,13 @@ class ReducedAttention(nn.Module):
         if sr > 1:
             self.reduce = Conv(ndim, (dim, dim), sr, sr)
             self.norm = nn.LayerNorm(dim)
+
+    def forward_flops(self, args, output: torch.Tensor) -> float:
+        """FLOPs of the scores and the weighted sum (q . k and p . v) of a forward."""
+        x = args[0]
+        queries = x[0, ..., 0].numel()
+        keys = math.prod(-(-n // self.sr) for n in x.shape[1:-1])
+        return 4.0 * x.shape[0] * queries * keys * x.shape[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, dim = x.shape[0], x.shape[-1]

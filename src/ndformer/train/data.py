@@ -7,13 +7,12 @@ through ``step_seed``, so a resumed run repeats an uninterrupted one bit for bit
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
 from ..models import MODELS, POINT_ARCHS, NdModel, create_model
-from ..models.config import CONFIGS
+from ..models.config import has_field
 from ..tasks import PointTaskData, TaskData, load_data, load_task
 from .config import TrainConfig, TrainingError
 
@@ -46,24 +45,18 @@ def build_for(config: TrainConfig, data: Data) -> NdModel:
         head=data.kind,
         patch=data.patch if config.patch is None else config.patch,
     )
-    if isinstance(data, PointTaskData) and _has_field(config.model, "voxel_size"):
+    if isinstance(data, PointTaskData) and has_field(config.model, "voxel_size"):
         overrides["voxel_size"] = data.voxel_size
     if config.pattern is not None:
         overrides["pattern"] = config.pattern
     if config.teacher is not None and config.distill == "hard":
-        if not _has_field(config.model, "distill_head"):
+        if not has_field(config.model, "distill_head"):
             raise TrainingError(f"--distill hard trains a second head, which {config.model} has"
                                 " not (volt models have it); use --distill soft")  # fmt: skip
         overrides["distill_head"] = True
     overrides.update(config.overrides)
     torch.manual_seed(config.seed)
     return create_model(config.model, **overrides)
-
-
-def _has_field(model: str, name: str) -> bool:
-    """Whether the registered model ``model``'s config type has the field ``name``."""
-    arch = MODELS.get(model, {}).get("arch")
-    return arch in CONFIGS and name in {f.name for f in dataclasses.fields(CONFIGS[arch])}
 
 
 def step_seed(seed: int, step: int) -> int:
