@@ -99,7 +99,10 @@ def test_volt_small_has_volt_s_shapes():
     per_block += 2 * width * hidden + hidden + width + 4 * width + 4 * head  # mlp, norms
     assert per_block == 1_774_720
     assert sum(p.numel() for p in model.blocks.parameters()) == 12 * per_block  # 21.3 M
-    assert sum(p.numel() for p in model.parameters()) == 21_565_645
+    assert model.config.tokenizer == "linear"  # Volt's own (its shapes: test_volt_tokenizer)
+    assert sum(p.numel() for p in model.parameters()) == 23_733_517
+    pointnet = ndformer.create_model("volt-small", in_chans=3, num_classes=13, tokenizer="pointnet")
+    assert sum(p.numel() for p in pointnet.parameters()) == 21_565_645
 
 
 def test_a_rope_split_that_does_not_fit_is_refused():

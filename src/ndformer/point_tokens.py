@@ -6,6 +6,8 @@ patch, embedded from its points (relative offsets and features through a per-poi
 MLP, max-pooled). Tokens carry integer patch coordinates in a ``Points`` layout, so
 every pattern and RoPE work on them. ``detokenize`` gives every point its token's
 feature plus an embedding of its offset inside the patch, for per-point heads.
+``PatchGrid`` (voxels, patches, input checks) is shared with Volt's linear tokenizer,
+``models.voxel_tokens.VoxelTokenizer``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,65 @@ class PointTokens:
     point_features: torch.Tensor  # [N, hidden]: every point's own embedding (for skips)
 
 
-class PointTokenizer(nn.Module):
+class PatchGrid(nn.Module):
+    """What the point tokenizers share: voxels of ``voxel_size`` (each scene shifted to
+    start at 0), patches of ``patch`` voxels per axis, ``in_chans`` features per point
+    and the checks of their inputs. Holds no parameters."""
+
+    def __init__(self, voxel_size: float, patch: int, in_chans: int, dim: int, ndim: int) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not voxel_size > 0:
+            raise ValueError(f"{name} voxel_size must be > 0, got {voxel_size}")
+        check_int(f"{name} patch", patch, minimum=1)
+        check_int(f"{name} in_chans", in_chans, minimum=0)
+        check_int(f"{name} dim", dim, minimum=1)
+        check_int(f"{name} ndim", ndim, minimum=1)
+        self.voxel_size, self.patch, self.in_chans, self.dim, self.ndim = (
+            float(voxel_size), patch, in_chans, dim, ndim
+        )  # fmt: skip
+
+    def _check(self, xyz: torch.Tensor, features, batch) -> torch.Tensor:
+        name = type(self).__name__
+        if xyz.dim() != 2 or xyz.shape[1] != self.ndim or not xyz.dtype.is_floating_point:
+            raise ValueError(
+                f"{name} xyz must be float [N, {self.ndim}], got {tuple(xyz.shape)} {xyz.dtype}"
+            )
+        n = xyz.shape[0]
+        if self.in_chans:
+            if features is None or features.shape != (n, self.in_chans):
+                got = None if features is None else tuple(features.shape)
+                raise ValueError(
+                    f"{name} features must be [N, in_chans] = [{n}, {self.in_chans}]"
+                    f" for xyz {tuple(xyz.shape)}, got {got}"
+                )
+        elif features is not None and features.shape[-1] != 0:
+            raise ValueError(f"{name} has in_chans=0 but got features {features.shape}")
+        if batch is None:
+            return torch.zeros(n, dtype=torch.long, device=xyz.device)
+        if batch.shape != (n,):
+            raise ValueError(f"{name} batch must be [N] = [{n}], got {tuple(batch.shape)}")
+        return batch.long()
+
+    def scaled(self, xyz: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Continuous voxel coordinates [N, ndim]: each scene shifted to start at 0, divided
+        by ``voxel_size``; ``floor`` gives the voxel of every point."""
+        scenes = int(batch.max()) + 1
+        lowest = xyz.new_full((scenes, self.ndim), float("inf"))
+        index = batch[:, None].expand(-1, self.ndim)
+        lowest = lowest.scatter_reduce(0, index, xyz.detach(), "amin")
+        return (xyz - lowest[batch]) / self.voxel_size
+
+    def patches(self, scaled: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(patch_coords [N, ndim] int64, unique [T, 1 + ndim]: every occupied (scene,
+        patch) row, sorted; point_token [N]: each point's row) from ``scaled`` voxel
+        coordinates [N, ndim] and ``batch`` [N]."""
+        patch_coords = torch.floor(scaled.detach()).long() // self.patch
+        unique, point_token = _unique_rows(torch.cat((batch[:, None], patch_coords), dim=1))
+        return patch_coords, unique, point_token
+
+
+class PointTokenizer(PatchGrid):
     """Float points [N, ndim] (+ features [N, in_chans]) -> one token per occupied patch.
 
     Coordinates are shifted per scene so that each scene's minimum is 0, divided by
@@ -51,17 +111,8 @@ class PointTokenizer(nn.Module):
         ndim: int = 3,
         hidden: int | None = None,
     ) -> None:
-        super().__init__()
-        if not voxel_size > 0:
-            raise ValueError(f"PointTokenizer voxel_size must be > 0, got {voxel_size}")
-        check_int("PointTokenizer patch", patch, minimum=1)
-        check_int("PointTokenizer in_chans", in_chans, minimum=0)
-        check_int("PointTokenizer dim", dim, minimum=1)
-        check_int("PointTokenizer ndim", ndim, minimum=1)
+        super().__init__(voxel_size, patch, in_chans, dim, ndim)
         hidden = hidden or dim
-        self.voxel_size, self.patch, self.in_chans, self.dim, self.ndim = (
-            float(voxel_size), patch, in_chans, dim, ndim
-        )  # fmt: skip
         self.point_mlp = nn.Sequential(
             nn.Linear(ndim + in_chans, hidden), nn.LayerNorm(hidden), nn.GELU(),
             nn.Linear(hidden, hidden),
@@ -71,37 +122,6 @@ class PointTokenizer(nn.Module):
         self.offset_embed = nn.Sequential(
             nn.Linear(ndim, hidden), nn.GELU(), nn.Linear(hidden, dim)
         )  # fmt: skip
-
-    def _check(self, xyz: torch.Tensor, features, batch) -> torch.Tensor:
-        if xyz.dim() != 2 or xyz.shape[1] != self.ndim or not xyz.dtype.is_floating_point:
-            raise ValueError(
-                f"PointTokenizer xyz must be float [N, {self.ndim}], got {tuple(xyz.shape)}"
-                f" {xyz.dtype}"
-            )
-        n = xyz.shape[0]
-        if self.in_chans:
-            if features is None or features.shape != (n, self.in_chans):
-                got = None if features is None else tuple(features.shape)
-                raise ValueError(
-                    f"PointTokenizer features must be [N, in_chans] = [{n}, {self.in_chans}]"
-                    f" for xyz {tuple(xyz.shape)}, got {got}"
-                )
-        elif features is not None and features.shape[-1] != 0:
-            raise ValueError(f"PointTokenizer has in_chans=0 but got features {features.shape}")
-        if batch is None:
-            return torch.zeros(n, dtype=torch.long, device=xyz.device)
-        if batch.shape != (n,):
-            raise ValueError(f"PointTokenizer batch must be [N] = [{n}], got {tuple(batch.shape)}")
-        return batch.long()
-
-    def scaled(self, xyz: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        """Continuous voxel coordinates [N, ndim]: each scene shifted to start at 0, divided
-        by ``voxel_size``; ``floor`` gives the voxel of every point."""
-        scenes = int(batch.max()) + 1
-        lowest = xyz.new_full((scenes, self.ndim), float("inf"))
-        index = batch[:, None].expand(-1, self.ndim)
-        lowest = lowest.scatter_reduce(0, index, xyz.detach(), "amin")
-        return (xyz - lowest[batch]) / self.voxel_size
 
     def forward(
         self,
@@ -126,8 +146,7 @@ class PointTokenizer(nn.Module):
         then its features; point_token [N]: its token; the tokens' ``Points`` layout)."""
         batch = self._check(xyz, features, batch)
         scaled = self.scaled(xyz, batch)
-        patch_coords = torch.floor(scaled.detach()).long() // self.patch
-        unique, point_token = _unique_rows(torch.cat((batch[:, None], patch_coords), dim=1))
+        patch_coords, unique, point_token = self.patches(scaled, batch)
         offsets = (scaled / self.patch - patch_coords.to(xyz.dtype)).clamp(0, 1 - 1e-6)
         inputs = offsets if not self.in_chans else torch.cat((offsets, features), dim=1)
         return inputs, point_token, Points(unique[:, 1:], batch=unique[:, 0])

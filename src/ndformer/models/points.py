@@ -22,15 +22,28 @@ from ..point_tokens import PointTokenizer
 from .base import NdModel, cycled, register_arch
 from .config import ModelConfig, check_int, register_config, register_model
 from .hierarchical import HierarchicalConfig, HierarchicalNet
+from .voxel_tokens import VoxelTokenizer, VoxelUpsample, default_upsample_dim
+
+#: ``VoltConfig.tokenizer``: how points become tokens and tokens per-point features.
+VOLT_TOKENIZERS = ("pointnet", "linear")
 
 
 @register_config("volt")
 @dataclass
 class VoltConfig(ModelConfig):
     """``volt``: int ``depth`` and ``heads``; one ``patch`` size for every axis, of voxels
-    of ``voxel_size`` metres; ``head`` must be ``segmentation`` (per-point logits)."""
+    of ``voxel_size`` metres; ``head`` must be ``segmentation`` (per-point logits).
+
+    ``tokenizer``: ``pointnet`` (``PointTokenizer``: a max over a per-point MLP; per point
+    its token's feature + an offset embedding + a skip) or ``linear`` (Volt's own:
+    ``VoxelTokenizer``, a linear layer over the patch's mean voxel features, and
+    ``VoxelUpsample``, one transposed convolution to ``upsample_dim`` channels per voxel,
+    None: ``dim // 3`` as Volt-S / Volt-B; the head then reads ``upsample_dim`` features).
+    """
 
     voxel_size: float = 0.1
+    tokenizer: str = "pointnet"
+    upsample_dim: int | None = None
     #: LayerNorm of every head's queries and keys before RoPE (Volt).
     qk_norm: bool = False
     #: RoPE's base and its rotation pairs per axis (None: even; Volt-S: 100, (12, 12, 8)).
@@ -45,6 +58,17 @@ class VoltConfig(ModelConfig):
         self._segments_points()
         if isinstance(self.patch, tuple) and len(set(self.patch)) > 1:
             raise ValueError(f"volt takes one patch size for every axis, got {self.patch}")
+        if self.tokenizer not in VOLT_TOKENIZERS:
+            raise ValueError(
+                f"tokenizer must be one of {', '.join(VOLT_TOKENIZERS)}, got {self.tokenizer!r}"
+            )
+        if self.upsample_dim is not None:
+            check_int("upsample_dim", self.upsample_dim, minimum=1)
+            if self.tokenizer != "linear":
+                raise ValueError(
+                    f"upsample_dim={self.upsample_dim} sets the width of the linear tokenizer's"
+                    " transposed convolution: give tokenizer='linear' or upsample_dim=None"
+                )
         if self.rope_split is not None:
             split = self.rope_split = tuple(self.rope_split)
             if len(split) != self.ndim:
@@ -139,18 +163,30 @@ class PointModel(NdModel):
 
 @register_arch("volt")
 class VoltNet(PointModel):
-    """Volume-Transformer-style segmentation: ``PointTokenizer`` (one token per occupied
-    patch of ``patch`` voxels of ``voxel_size``) -> transformer blocks with 3-D RoPE on
-    the token coordinates and ``pattern`` (a spec or a list cycled over the blocks, on
-    the tokens' ``Points`` layout, never across scenes) -> per point: its token's
-    feature + an embedding of its offset in the patch + its own point embedding."""
+    """Volume-Transformer-style segmentation: a tokenizer (one token per occupied patch of
+    ``patch`` voxels of ``voxel_size``) -> transformer blocks with 3-D RoPE on the token
+    coordinates and ``pattern`` (a spec or a list cycled over the blocks, on the tokens'
+    ``Points`` layout, never across scenes) -> per-point features -> the head.
+
+    ``tokenizer="pointnet"``: ``PointTokenizer``; per point its token's feature + an
+    embedding of its offset in the patch + its own point embedding ([N, dim]).
+    ``tokenizer="linear"`` (Volt's): ``VoxelTokenizer`` over the voxels' mean inputs and
+    occupancy; ``VoxelUpsample``'s transposed convolution, read at each point's voxel
+    ([N, upsample_dim]). The head is LayerNorm + Linear in both."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         c = config
-        self.tokenizer = PointTokenizer(
-            c.voxel_size, c.patch_tuple[0], c.in_chans + c.ndim, c.dim, c.ndim, hidden=c.dim // 2
-        )
+        linear = c.tokenizer == "linear"
+        if linear:
+            self.tokenizer = VoxelTokenizer(
+                c.voxel_size, c.patch_tuple[0], c.in_chans + c.ndim, c.dim, c.ndim
+            )
+        else:
+            self.tokenizer = PointTokenizer(
+                c.voxel_size, c.patch_tuple[0], c.in_chans + c.ndim, c.dim, c.ndim,
+                hidden=c.dim // 2,
+            )  # fmt: skip
         rates = torch.linspace(0, c.drop_path, c.depth).tolist()
         options = dict(rope=c.rope, ndim=c.ndim, qk_norm=c.qk_norm, rope_base=c.rope_base,
                        rope_split=c.rope_split)  # fmt: skip
@@ -159,29 +195,40 @@ class VoltNet(PointModel):
             for p, rate in zip(cycled(c.pattern, c.depth), rates, strict=True)
         )
         self.norm = nn.LayerNorm(c.dim)
-        self.skip = nn.Linear(self.tokenizer.hidden, c.dim)
-        self.num_features = c.dim
+        if linear:
+            width = c.upsample_dim or default_upsample_dim(c.dim)
+            self.upsample = VoxelUpsample(c.dim, width, c.patch_tuple[0], c.ndim)
+            self.num_features = width
+        else:
+            self.skip = nn.Linear(self.tokenizer.hidden, c.dim)
+            self.num_features = c.dim
         self._make_head()
 
     def forward_features(self, x: PointBatch) -> torch.Tensor:  # type: ignore[override]
-        """Per-point features [N, dim]."""
+        """Per-point features [N, num_features]."""
         return self.forward_tokens(*self.tokenizer.assign(x.xyz, scene_inputs(x), x.batch))
 
     def forward_tokens(
         self, inputs: torch.Tensor, point_token: torch.Tensor, layout: Points
     ) -> torch.Tensor:
-        """Per-point features [N, dim] from ``tokenizer.assign``'s (inputs, point_token,
-        layout): the part of the model with weights, and without data-dependent shapes
-        (what an exported point model runs)."""
-        h, per_point = self.tokenizer.embed(inputs, point_token, layout.num_tokens)
+        """Per-point features [N, num_features] from ``tokenizer.assign``'s (inputs,
+        point_token, layout): the part of the model with weights, and without
+        data-dependent shapes (what an exported point model runs). With the linear
+        tokenizer ``point_token`` is each point's voxel, ``token * patch^ndim + cell``."""
+        if self.config.tokenizer == "linear":
+            h = self.tokenizer.embed(inputs, point_token, layout.num_tokens)
+        else:
+            h, per_point = self.tokenizer.embed(inputs, point_token, layout.num_tokens)
         for block in self.blocks:
             h = block(h, points=layout)
+        if self.config.tokenizer == "linear":
+            return self.upsample(self.norm(h), point_token)
         offsets = inputs[:, : self.ndim]
         return self.tokenizer.spread(self.norm(h), point_token, offsets) + self.skip(per_point)
 
     def token_layout(self, x: PointBatch):
         """The ``Points`` layout of the tokens the blocks attend among."""
-        return self.tokenizer(x.xyz, scene_inputs(x), x.batch).layout
+        return self.tokenizer.assign(x.xyz, scene_inputs(x), x.batch)[2]
 
 
 @register_arch("voxconv")
@@ -243,7 +290,11 @@ register_model("volt-tiny", "volt", ndim=3, head="segmentation", dim=VOLT_TINY_D
                heads=4, patch=4)  # fmt: skip
 #: Volt-S (the Volume Transformer, arXiv 2604.19609): width 384, 12 layers, 6 heads of 64
 #: channels, qk-norm, 5^3-voxel patches, RoPE with base 100 over 12/12/8 pairs on x/y/z.
+#: Volt's linear tokenizer and transposed-convolution upsampling (to ``upsample_dim`` =
+#: 384 // 3 = 128 channels, Volt-S's ``up_mlp_dim``); ``tokenizer="pointnet"`` gives the
+#: PointNet-style tokenizer of ``volt-tiny`` instead.
 register_model("volt-small", "volt", ndim=3, head="segmentation", dim=384, depth=12, heads=6,
-               patch=5, qk_norm=True, rope_base=100.0, rope_split=(12, 12, 8))  # fmt: skip
+               patch=5, qk_norm=True, rope_base=100.0, rope_split=(12, 12, 8),
+               tokenizer="linear")  # fmt: skip
 register_model("voxconv-tiny", "voxconv", ndim=3, head="segmentation", dim=32,
                depth=(2, 2, 2, 2), heads=1, patch=2)  # fmt: skip

@@ -9,7 +9,9 @@ weights begin:
   ``(inputs [N, ndim + C], point_token [N], coords [T, ndim], scene [T], groups [P, T])``
   — every point's offset in its patch and its features, its token, the tokens' patch
   coordinates and scenes, and one row of group ids per distinct pattern of the blocks
-  (in the order of ``PointProgram.patterns``);
+  (in the order of ``PointProgram.patterns``); with ``tokenizer="linear"`` the inputs
+  are the features [N, ndim + C] alone and point_token is each point's voxel,
+  ``token * patch^ndim + cell`` (``VoxelTokenizer.assign``);
 - ``PointProgram(model)``: those five tensors -> per-point logits [N, classes], with
   dynamic N and T; attention within each group runs as SDPA under the group mask.
 
