@@ -178,7 +178,7 @@ def test_other_models_join_the_arena_at_their_own_sizes_and_attention(tmp_path):
     assert train["model"] == "conv-tiny" and train["pattern"] is None and train["overrides"] == {}
     volt = ArenaConfig(task=None, data="scans", model="volt-tiny", overrides={}, recipe="volt",
                        models=["voxconv-tiny"])  # fmt: skip
-    label, spec, extra = volt.entries()[-1]
+    _, spec, extra = volt.entries()[-1]
     voxconv = volt.train_config(spec, 0, extra)
     assert voxconv["lovasz"] and voxconv["overrides"] == {}  # no qk_norm on a conv network
     rows, _ = run_arena(config)

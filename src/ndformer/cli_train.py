@@ -241,7 +241,8 @@ def register(app: typer.Typer, console, fail) -> None:
             task=task, data=source.data, **fields, lr=lr, weight_decay=weight_decay, seed=seed,
             amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
             tensorboard=tensorboard, patience=patience, schedule=schedule,
-            label_smoothing=label_smoothing, lovasz=lovasz, dice=dice, ema=ema, mix=mix, distill=distill,
+            label_smoothing=label_smoothing, lovasz=lovasz, dice=dice, ema=ema, mix=mix,
+            distill=distill,
         )  # fmt: skip
         plan = None
         if not resume and where.main:

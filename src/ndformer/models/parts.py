@@ -13,31 +13,58 @@ from ..layers import DropPath, Mlp
 from ..tokens import patchify, unpatchify
 
 
-class PatchMerging(nn.Module):
-    """Halve every grid axis: [B, *grid, C] -> [B, *ceil(grid / 2), out_dim].
+def merge_axes(name: str, axes: object, ndim: int) -> tuple[int, ...]:
+    """The axes a merging step halves: ``None`` -> every axis, else ``axes`` checked to
+    be distinct ints of ``0..ndim - 1`` (at least one), as a sorted tuple."""
+    if axes is None:
+        return tuple(range(ndim))
+    valid = isinstance(axes, (list, tuple)) and len(axes) > 0
+    valid = valid and all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+    if not valid or len(set(axes)) != len(axes) or not set(axes) <= set(range(ndim)):
+        raise ValueError(
+            f"{name} must be None (every axis) or distinct axes of 0..{ndim - 1}, got {axes!r}"
+        )
+    return tuple(sorted(axes))
 
-    Each 2 x ... x 2 group of tokens is concatenated (odd sizes zero-padded at the
-    end), normalised and linearly projected, as Swin's merging layer in N-D.
+
+class PatchMerging(nn.Module):
+    """Halve the grid axes ``axes`` (default: every axis): [B, *grid, C] ->
+    [B, *merged, out_dim] with ``merged[a] = ceil(grid[a] / 2)`` for ``a`` in ``axes``
+    and ``grid[a]`` on the others.
+
+    Each group of 2 tokens per merged axis (``2**len(axes)`` tokens) is concatenated
+    (odd sizes zero-padded at the end), normalised and linearly projected: Swin's
+    merging layer in N-D; ``axes=(0, 1, 2)`` on [x, y, z, t] merges in space only
+    (SwiFT).
     """
 
-    def __init__(self, dim: int, out_dim: int, ndim: int) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, ndim: int, axes: tuple[int, ...] | None = None
+    ) -> None:
         super().__init__()
         self.ndim = ndim
-        self.norm = nn.LayerNorm(dim * 2**ndim)
-        self.proj = nn.Linear(dim * 2**ndim, out_dim, bias=False)
+        self.axes = merge_axes("PatchMerging axes", axes, ndim)
+        self.patch = tuple(2 if a in self.axes else 1 for a in range(ndim))
+        self.norm = nn.LayerNorm(dim * 2 ** len(self.axes))
+        self.proj = nn.Linear(dim * 2 ** len(self.axes), out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(patchify(x.movedim(-1, 1), 2)))
+        return self.proj(self.norm(patchify(x.movedim(-1, 1), self.patch)))
 
 
-def upsample_nearest(x: torch.Tensor, factor: int, grid: tuple[int, ...]) -> torch.Tensor:
-    """[B, *small, C] -> [B, *grid, C]: every token repeated ``factor`` times per axis, cropped.
+def upsample_nearest(
+    x: torch.Tensor, factor: int | tuple[int, ...], grid: tuple[int, ...]
+) -> torch.Tensor:
+    """[B, *small, C] -> [B, *grid, C]: every token repeated ``factor`` times per axis
+    (an int for every axis or one per axis), cropped to ``grid``.
 
-    Undoes the layout of ``factor = 2**s`` after s ``PatchMerging`` steps: the merged
-    token i covers tokens ``factor * i ... factor * (i + 1) - 1`` of the finer grid.
+    Undoes the layout of ``factor = 2**s`` after s ``PatchMerging`` steps (1 on the axes
+    they do not merge): the merged token i covers tokens ``factor * i ... factor * (i +
+    1) - 1`` of the finer grid.
     """
-    for axis, size in enumerate(grid, start=1):
-        x = x.repeat_interleave(factor, dim=axis).narrow(axis, 0, size)
+    factors = factor if isinstance(factor, tuple) else (factor,) * len(grid)
+    for axis, (size, f) in enumerate(zip(grid, factors, strict=True), start=1):
+        x = x.repeat_interleave(f, dim=axis).narrow(axis, 0, size)
     return x
 
 
@@ -54,6 +81,10 @@ class DepthwiseConv(nn.Module):
         self.kernel, self.ndim = kernel, ndim
         self.weight = nn.Parameter(torch.randn(kernel**ndim, dim) / math.sqrt(kernel**ndim))
         self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward_flops(self, args, output: torch.Tensor) -> float:
+        """FLOPs of a forward (a multiply-add per offset and output value), for the arena."""
+        return 2.0 * output.numel() * self.kernel**self.ndim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = x.shape[1:-1]

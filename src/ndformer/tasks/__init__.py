@@ -7,6 +7,11 @@ Generated tasks are deterministic from the seed and cached on disk
 - ``pathfinder{2,3}d-{size}[-{easy,medium,hard}]``: are the two markers on the same path?
 - ``shapes3d[-{size}]``: which of 6 primitives is in the volume.
 - ``scenes3d[-{size}]``: per-voxel labels of several primitives (mIoU).
+- ``organs3d[-{size}]``: abdominal-like volumes (default 32^3), per-voxel labels of
+  liver, kidneys and lesions with class imbalance, texture, noise and a bias field
+  (mean Dice, the medical-segmentation metric).
+- ``blobs4d[-{size}[x{frames}]]``: volumes of size^3 (default 16) over ``frames`` (default
+  8) with Gaussian blobs drifting along one of 6 directions, the class (4-D).
 - ``scenes-points[-{points}]``: furnished rooms as point clouds, per-point labels of
   8 classes (mIoU); ``points`` (default 10000) is the smallest scene, the largest
   has 1.6 times as many.
@@ -21,8 +26,10 @@ import torch
 
 from .base import SPLITS, TaskData, cached_arrays, progress_steps, split_indices
 from .files import load_data
+from .organs import ORGAN_CLASSES, organs3d
 from .points import PointTaskData, concat_scenes, read_points, write_ply
 from .scenes import SCENE_CLASSES, room_scene
+from .series import DIRECTIONS, moving_blobs
 from .synthetic import PATHFINDER_LEVELS, PRIMITIVES, pathfinder, scenes3d, shapes3d
 
 #: (train, val, test) sample counts of the generated tasks.
@@ -30,7 +37,9 @@ SIZES = {
     "pathfinder": (12000, 1000, 2000),
     "shapes3d": (3000, 500, 1500),
     "scenes3d": (1200, 200, 400),
+    "organs3d": (240, 40, 80),
     "scenes-points": (320, 40, 100),
+    "blobs4d": (1000, 200, 300),
 }
 #: Bump when a generator changes, so stale caches are not reused.
 GENERATOR_VERSION = 2
@@ -40,7 +49,9 @@ TASK_PATTERNS = {
     "pathfinder": r"pathfinder(?P<ndim>[1-4])d-(?P<size>\d+)(?:-(?P<level>easy|medium|hard))?",
     "shapes3d": r"shapes3d(?:-(?P<size>\d+))?",
     "scenes3d": r"scenes3d(?:-(?P<size>\d+))?",
+    "organs3d": r"organs3d(?:-(?P<size>\d+))?",
     "scenes-points": r"scenes-points(?:-(?P<points>\d+))?",
+    "blobs4d": r"blobs4d(?:-(?P<size>\d+)(?:x(?P<frames>\d+))?)?",
 }
 
 
@@ -52,7 +63,9 @@ def list_tasks() -> list[str]:
         "pathfinder3d-16",
         "shapes3d-16",
         "scenes3d-24",
+        "organs3d",
         "scenes-points",
+        "blobs4d-16x8",
     ]
 
 
@@ -90,7 +103,33 @@ def load_task(
         return _digits(seed)
     if kind == "scenes-points":
         return _scenes_points(name, int(groups["points"] or 10000), seed, progress, cache)
-    if kind == "pathfinder":
+    if kind == "organs3d":
+        size = int(groups["size"] or 32)
+        if size < 16:
+            raise ValueError(f"organs3d size must be >= 16, got {size} in {name!r}")
+
+        def make(n, s):
+            return organs3d(n, size, s)
+
+        extra = dict(
+            num_classes=len(ORGAN_CLASSES),
+            patch=4,
+            flip_axes=(0, 1, 2),
+            class_names=list(ORGAN_CLASSES),
+            segmentation_metric="dice",
+        )
+    elif kind == "blobs4d":
+        size, frames = int(groups["size"] or 16), int(groups["frames"] or 8)
+        if size < 4 or frames < 2:
+            raise ValueError(f"blobs4d needs size >= 4 and frames >= 2, got {name!r}")
+
+        def make(n, s):
+            return moving_blobs(n, size, frames, s)
+
+        # no flips: flipping x, y, z or t reverses a direction, i.e. changes the class
+        extra = dict(num_classes=len(DIRECTIONS), patch=2 if size < 16 else 4,
+                     class_names=[d[0] for d in DIRECTIONS])  # fmt: skip
+    elif kind == "pathfinder":
         ndim, size, level = int(groups["ndim"]), int(groups["size"]), groups["level"] or "easy"
         if size < 8:
             raise ValueError(f"pathfinder size must be >= 8, got {size} in {name!r}")
@@ -124,7 +163,7 @@ def load_task(
     )
     return TaskData(
         name=name,
-        kind="segmentation" if kind == "scenes3d" else "classification",
+        kind="segmentation" if kind in ("scenes3d", "organs3d") else "classification",
         x={s: torch.from_numpy(arrays[f"{s}_x"]) for s in SPLITS},
         y={s: torch.from_numpy(arrays[f"{s}_y"]).long() for s in SPLITS},
         **extra,

@@ -111,7 +111,5 @@ def dice_score(
     gen = torch.Generator().manual_seed(seed)
     boot = per_case[torch.randint(n, (resamples, n), generator=gen)].mean(1)
     low, high = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
-    classes = tuple(
-        None if column.isnan().all() else float(column.nanmean()) for column in dice.T
-    )
+    classes = tuple(None if column.isnan().all() else float(column.nanmean()) for column in dice.T)
     return Score("dice", float(per_case.mean()), low, high, n, classes)
