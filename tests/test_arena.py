@@ -159,7 +159,7 @@ def test_a_recipe_reaches_every_entry_and_ablations_switch_one_piece_off(tmp_pat
         where = plain["overrides"] if piece.where == "overrides" else plain
         assert where[piece.key] == piece.off
     for kwargs, message in [
-        (dict(recipe="deit"), "--recipe must be one of volt, got 'deit'"),
+        (dict(recipe="deit"), "--recipe must be one of volt, segformer3d, got 'deit'"),
         (dict(ablate=["ema"]), "--ablate switches off pieces of a recipe: give --recipe too"),
         (dict(recipe="volt", ablate=["dropout"]), "dropout not in the volt recipe; its pieces"),
         (dict(recipe="volt", model="vit-tiny"), "sets qk_norm, rope_base, which vit-tiny"),

@@ -146,6 +146,9 @@ def test_expand_multi_value_options():
     assert expand_multi_value_options(["show", "full", "--shape", "8"]) == [
         "show", "full", "--shape", "8",
     ]  # fmt: skip
+    assert expand_multi_value_options(["arena", "--models", "conv-tiny", "segformer3d-tiny"]) == [
+        "arena", "--models", "conv-tiny", "--models", "segformer3d-tiny",
+    ]  # fmt: skip
 
 
 def test_info_prints_versions_and_peak():

@@ -316,6 +316,7 @@ MULTI_VALUE_OPTIONS = (
     "--keep-rate",
     "--points",
     "--sizes",
+    "--models",
 )
 
 

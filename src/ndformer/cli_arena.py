@@ -112,7 +112,8 @@ def register_arena(app: typer.Typer, console, fail) -> None:
             str | None,
             typer.Option(
                 help="Train every entry with a recipe: volt (Lovász, label"
-                " smoothing, OneCycle, EMA, scene mixing, qk-norm, RoPE base 100)."
+                " smoothing, OneCycle, EMA, scene mixing, qk-norm, RoPE base 100) or"
+                " segformer3d (cross-entropy + soft Dice)."
             ),
         ] = None,
         ablate: Annotated[

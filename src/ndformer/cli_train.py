@@ -310,7 +310,8 @@ def register(app: typer.Typer, console, fail) -> None:
             Path, typer.Option(help="Where to write the labels: .ply / .npz, or .nii(.gz).")
         ],
         plot: Annotated[
-            Path | None, typer.Option(help="Points: also draw the labels from above (PNG).")
+            Path | None,
+            typer.Option(help="Also draw the labels (PNG): points from above, volume slices."),
         ] = None,
         roi: Annotated[
             int | None,
@@ -327,12 +328,12 @@ def register(app: typer.Typer, console, fail) -> None:
             from .train.sliding import predict_volume
 
             with _progress_bar(console, "windows") as advance:
-                result = predict_volume(run, source, out, roi, overlap, blend, advance)
+                result = predict_volume(run, source, out, roi, overlap, blend, advance, plot)
             counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
             shape = "x".join(map(str, result["shape"]))
             roi_text = "x".join(map(str, result["roi"]))
             console.print(f"{shape} voxels, {result['windows']} windows of {roi_text}: {counts}")
-            console.print(f"wrote {out}")
+            console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
             return
         from .train import segment_file
 

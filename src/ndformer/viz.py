@@ -269,3 +269,56 @@ def plot_point_labels(
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8)
     return fig
+
+
+def plot_volume_labels(
+    volume: Any,
+    panels: dict[str, Any],
+    class_names: list[str] | None = None,
+) -> Figure:
+    """The middle slice of a 3-D ``volume`` [X, Y, Z] across each axis (rows), in grey,
+    next to each labelling in ``panels`` ({"prediction": labels [X, Y, Z], ...}) drawn
+    over it in class colours (class 0, the background, left clear); a legend names the
+    classes that occur."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    from .tasks.points import label_colours
+
+    volume = np.asarray(volume, dtype=np.float32)
+    low, high = np.percentile(volume, [1, 99])
+    columns = 1 + len(panels)
+    fig, axes = plt.subplots(3, columns, figsize=(3.0 * columns, 8.4), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    seen: set[int] = set()
+    for axis in range(3):
+        middle = volume.shape[axis] // 2
+        image = np.take(volume, middle, axis=axis)
+        axes[axis, 0].imshow(image.T, cmap="gray", vmin=low, vmax=high, origin="lower")
+        axes[axis, 0].set_ylabel(f"axis {axis} = {middle}", fontsize=9)
+        for column, labels in enumerate(panels.values(), start=1):
+            cut = np.asarray(np.take(np.asarray(labels), middle, axis=axis)).astype(np.int64)
+            colours = np.concatenate(
+                [label_colours(cut.ravel()) / 255, (cut.ravel() > 0)[:, None] * 0.55], axis=1
+            ).reshape(*cut.shape, 4)
+            axes[axis, column].imshow(image.T, cmap="gray", vmin=low, vmax=high, origin="lower")
+            axes[axis, column].imshow(colours.transpose(1, 0, 2), origin="lower")
+            seen |= set(np.unique(cut).tolist())
+    for column, title in enumerate(["volume", *panels], start=0):
+        axes[0, column].set_title(title, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    names = class_names or [str(c) for c in range(max(seen) + 1)]
+    handles = [
+        Patch(color=label_colours(np.array([c]))[0] / 255, label=names[c])
+        for c in sorted(seen - {0})
+        if c < len(names)
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)))
+    return fig

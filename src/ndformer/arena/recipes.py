@@ -39,6 +39,10 @@ RECIPES: dict[str, dict[str, Piece]] = {
         "qk_norm": Piece("overrides", "qk_norm", True, False),
         "rope_base": Piece("overrides", "rope_base", 100.0, 10000.0),
     },
+    #: SegFormer3D's loss: cross-entropy + soft Dice (MONAI's DiceCE).
+    "segformer3d": {
+        "dice": Piece("train", "dice", True, False),
+    },
 }
 
 

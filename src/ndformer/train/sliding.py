@@ -125,10 +125,12 @@ def predict_volume(
     overlap: float = 0.25,
     blend: str = "constant",
     progress: Callable[[int, int], None] | None = None,
+    plot: str | Path | None = None,
 ) -> dict[str, Any]:
     """Segment the NIfTI ``volume`` ([*spatial] or [*spatial, C] voxels) with the grid
     model of ``run`` by ``sliding_window`` (``roi`` default: the training volume size) and
-    write the label map to ``out`` (.nii / .nii.gz, atomically) with the input's affine.
+    write the label map to ``out`` (.nii / .nii.gz, atomically) with the input's affine;
+    with ``plot``, a PNG of the middle slices with the labels over them (3-D models).
     Returns the shape, the roi, the number of windows and the voxel counts per class."""
     from .._io import atomic_write
     from .checkpoint import load, read_run
@@ -174,6 +176,12 @@ def predict_volume(
         payload = gzip.compress(payload, compresslevel=6)
     atomic_write(out, lambda handle: handle.write(payload))
     names = data.get("class_names") or [str(c) for c in range(model.num_classes)]
+    if plot is not None and ndim == 3:
+        from ..viz import plot_volume_labels
+
+        figure = plot_volume_labels(array[0], {"prediction": labels}, names)
+        figure.suptitle(f"{volume.name}: {model.config.name or 'model'}", fontsize=10)
+        figure.savefig(plot, dpi=100)
     counts = np.bincount(labels.ravel(), minlength=model.num_classes)
     windows = math.prod(
         len(window_starts(max(n, r), r, overlap)) for n, r in zip(labels.shape, roi, strict=True)
