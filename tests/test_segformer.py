@@ -171,10 +171,11 @@ def test_predict_writes_a_nifti_label_map_with_the_input_affine(tmp_path, monkey
     nibabel.save(nibabel.Nifti1Image(volume, affine), tmp_path / "ct.nii.gz")
     out = tmp_path / "labels.nii.gz"
     args = ["predict", str(tmp_path / "run"), str(tmp_path / "ct.nii.gz"), "--out", str(out),
-            "--roi", "16", "--overlap", "0.25"]  # fmt: skip
+            "--roi", "16", "--overlap", "0.25", "--plot", str(tmp_path / "slices.png")]  # fmt: skip
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     assert "32x32x32 voxels, 27 windows of 16x16x16" in result.output
+    assert (tmp_path / "slices.png").stat().st_size > 10_000  # the slices were drawn
     labels = nibabel.load(out)
     assert labels.shape == (32, 32, 32) and np.allclose(labels.affine, affine)
     values = np.asarray(labels.dataobj)
