@@ -189,3 +189,13 @@ def test_predict_writes_a_nifti_label_map_with_the_input_affine(tmp_path, monkey
         ["predict", str(tmp_path / "run"), str(tmp_path / "two.nii"), "--out", str(out)],
     )
     assert bad.exit_code != 0 and "two.nii: 2 channel(s)" in bad.output
+
+
+def test_the_arena_counts_segformer_attention_over_its_reduced_keys():
+    from ndformer.arena.measure import attention_gflop
+
+    model = create_model("segformer3d-tiny", in_chans=1, num_classes=4)
+    # stage grids 8^3, 4^3, 2^3, 1 (input 32^3, strides 4, 2, 2, 2); keys reduced by 4, 2, 1, 1
+    stages = [(8**3, 2**3, 32), (4**3, 2**3, 64), (2**3, 2**3, 160), (1, 1, 256)]
+    expected = sum(2 * 4 * queries * keys * dim for queries, keys, dim in stages)  # 2 blocks
+    assert attention_gflop(model, torch.randn(1, 1, 32, 32, 32)) * 1e9 == pytest.approx(expected)

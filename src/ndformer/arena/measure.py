@@ -36,7 +36,8 @@ def _one_sample(sample):
 
 
 def attention_gflop(model: NdModel, sample) -> float:
-    """Forward attention GFLOP for one sample: 4 * pairs * head_dim over heads and layers.
+    """Forward attention GFLOP for one sample: 4 * pairs * head_dim over heads and layers
+    (modules with an ``attention_flops(args)`` method count their own).
 
     ``pairs`` are counted exactly from each layer's pattern on the layout it sees (the
     token grid, or the ``Points`` of a point model's tokens); with token reduction,
@@ -55,8 +56,13 @@ def attention_gflop(model: NdModel, sample) -> float:
         points = args[1] if len(args) > 1 else None
         layouts.append((module, points if points is not None else Grid(tuple(args[0].shape[1:-1]))))
 
+    others: list[float] = []  # attention of other modules, e.g. SegFormer's reduced keys
     hooks = [
         m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Attention)
+    ] + [
+        m.register_forward_hook(lambda m, args, out: others.append(m.attention_flops(args)))
+        for m in model.modules()
+        if hasattr(m, "attention_flops")
     ]
     try:
         with torch.inference_mode():
@@ -64,7 +70,7 @@ def attention_gflop(model: NdModel, sample) -> float:
     finally:
         for hook in hooks:
             hook.remove()
-    total = 0.0
+    total = sum(others)
     for module, layout in layouts:
         own = None
         if isinstance(layout, Grid):
@@ -111,7 +117,7 @@ def dense_gflop(model: NdModel, sample) -> float:
             # every output value sums in/groups x kernel products
             kernel = math.prod(module.kernel_size)
             total[0] += 2.0 * output.numel() * module.in_channels // module.groups * kernel
-        else:  # ndformer's own convolutions (and SegFormer's attention over reduced keys)
+        else:  # ndformer's own convolutions
             total[0] += module.forward_flops(args, output)
 
     kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)

@@ -141,8 +141,9 @@ class ReducedAttention(nn.Module):
             self.reduce = Conv(ndim, (dim, dim), sr, sr)
             self.norm = nn.LayerNorm(dim)
 
-    def forward_flops(self, args, output: torch.Tensor) -> float:
-        """FLOPs of the scores and the weighted sum (q . k and p . v) of a forward."""
+    def attention_flops(self, args) -> float:
+        """FLOPs of the scores and the weighted sum (q . k and p . v) of a forward on
+        ``args[0]`` [B, *grid, dim], for the arena's attention counts."""
         x = args[0]
         queries = x[0, ..., 0].numel()
         keys = math.prod(-(-n // self.sr) for n in x.shape[1:-1])
