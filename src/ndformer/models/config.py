@@ -70,7 +70,8 @@ class ModelConfig:
     exactly, and ``from_dict`` returns the config type of the data's ``arch``.
 
     - ``arch``: ``vit`` (plain transformer over patch tokens), ``hvit`` (hierarchical,
-      stages halve the merged axes: every axis, or space only as ``swift-tiny``), ``conv`` (N-D depthwise-conv network, the teacher),
+      stages halve the merged axes: every axis, or space only as ``swift-tiny``),
+      ``segformer`` (SegFormer3D), ``conv`` (N-D depthwise-conv network, the teacher),
       ``volt`` (point clouds through patch tokens) or ``voxconv`` (point clouds through
       a ``conv`` network over voxels, the teacher); see each config type.
     - ``head``: ``classification`` (mean-pooled tokens -> logits [B, classes]) or
