@@ -105,6 +105,23 @@ def test_volt_small_has_volt_s_shapes():
     assert sum(p.numel() for p in pointnet.parameters()) == 21_565_645
 
 
+def test_volt_base_has_volt_b_shapes():
+    import ndformer
+
+    model = ndformer.create_model("volt-base", in_chans=3, num_classes=13)
+    block = model.blocks[0]
+    assert len(model.blocks) == 12 and block.attn.dim == 768 and block.attn.heads == 12
+    assert block.attn.head_dim == 64 and block.attn.rope_split == (12, 12, 8)
+    assert model.upsample.width == 256 and model.config.drop_path == 0.3
+    width, hidden, head = 768, 3072, 64
+    per_block = (3 * width * width + 3 * width) + (width * width + width)  # qkv, proj
+    per_block += 2 * width * hidden + hidden + width + 4 * width + 4 * head  # mlp, norms
+    assert sum(p.numel() for p in model.blocks.parameters()) == 12 * per_block
+    count = sum(p.numel() for p in model.parameters())
+    print(f"volt-base: {count:,} parameters")
+    assert count == 94_125_581
+
+
 def test_a_rope_split_that_does_not_fit_is_refused():
     import ndformer
 

@@ -293,8 +293,12 @@ register_model("volt-tiny", "volt", ndim=3, head="segmentation", dim=VOLT_TINY_D
 #: Volt's linear tokenizer and transposed-convolution upsampling (to ``upsample_dim`` =
 #: 384 // 3 = 128 channels, Volt-S's ``up_mlp_dim``); ``tokenizer="pointnet"`` gives the
 #: PointNet-style tokenizer of ``volt-tiny`` instead.
-register_model("volt-small", "volt", ndim=3, head="segmentation", dim=384, depth=12, heads=6,
-               patch=5, qk_norm=True, rope_base=100.0, rope_split=(12, 12, 8),
-               tokenizer="linear")  # fmt: skip
+#: Stochastic depth rising linearly to 0.3 over the blocks, as Volt's configs.
+_VOLT = dict(ndim=3, head="segmentation", depth=12, patch=5, qk_norm=True, rope_base=100.0,
+             rope_split=(12, 12, 8), tokenizer="linear", drop_path=0.3)  # fmt: skip
+register_model("volt-small", "volt", **_VOLT, dim=384, heads=6)
+#: Volt-B (Volt's configs/*/semseg-volt-joint-base.py): width 768, 12 heads of 64 (the same
+#: RoPE split), transposed convolution to 768 // 3 = 256 channels (its ``up_mlp_dim``).
+register_model("volt-base", "volt", **_VOLT, dim=768, heads=12)
 register_model("voxconv-tiny", "voxconv", ndim=3, head="segmentation", dim=32,
                depth=(2, 2, 2, 2), heads=1, patch=2)  # fmt: skip
