@@ -173,6 +173,13 @@ def register(app: typer.Typer, console, fail) -> None:
             float,
             typer.Option(help="Point scenes: probability that two scenes are mixed into one."),
         ] = 0.0,
+        instance_aug: Annotated[
+            float,
+            typer.Option(
+                help="Point scenes: probability that each object is turned, flipped,"
+                " scaled, shifted or dropped (and colours dropped now and then)."
+            ),
+        ] = 0.0,
         bf16: Annotated[bool, typer.Option(help="bfloat16 autocast.")] = False,
         teacher: Annotated[
             str | None, typer.Option(help="'conv' (train an N-D CNN first) or a run dir.")
@@ -242,7 +249,7 @@ def register(app: typer.Typer, console, fail) -> None:
             amp=bf16, teacher=teacher, teacher_steps=teacher_steps, eval_every=eval_every,
             tensorboard=tensorboard, patience=patience, schedule=schedule,
             label_smoothing=label_smoothing, lovasz=lovasz, dice=dice, ema=ema, mix=mix,
-            distill=distill,
+            instance_aug=instance_aug, distill=distill,
         )  # fmt: skip
         plan = None
         if not resume and where.main:

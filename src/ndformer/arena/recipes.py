@@ -28,7 +28,8 @@ class Piece:
 
 #: Volt's recipe (arXiv 2604.19609) as far as ndformer has it: the loss (cross-entropy
 #: with label smoothing 0.1 + Lovász-softmax), OneCycle, an EMA of the weights, scene
-#: mixing with probability 0.85, and attention with qk-norm and RoPE base 100.
+#: mixing with probability 0.85, instance augmentation (each object moved or dropped
+#: with probability 0.5, colour dropout), and attention with qk-norm and RoPE base 100.
 RECIPES: dict[str, dict[str, Piece]] = {
     "volt": {
         "label_smoothing": Piece("train", "label_smoothing", 0.1, 0.0),
@@ -36,6 +37,7 @@ RECIPES: dict[str, dict[str, Piece]] = {
         "onecycle": Piece("train", "schedule", "onecycle", "cosine"),
         "ema": Piece("train", "ema", 0.999, 0.0),
         "mix": Piece("train", "mix", 0.85, 0.0),
+        "instances": Piece("train", "instance_aug", 0.5, 0.0),
         "qk_norm": Piece("overrides", "qk_norm", True, False),
         "rope_base": Piece("overrides", "rope_base", 100.0, 10000.0),
     },

@@ -43,6 +43,8 @@ SIZES = {
 }
 #: Bump when a generator changes, so stale caches are not reused.
 GENERATOR_VERSION = 2
+#: The same for ``scenes-points`` alone (3: instance ids stored beside the labels).
+POINTS_VERSION = 3
 
 TASK_PATTERNS = {
     "digits": r"digits",
@@ -184,13 +186,13 @@ def _scenes_points(name: str, points: int, seed: int, progress: bool, cache: boo
                 for i in range(count):
                     scene_seed = seed * 1_000_003 + split_id * 10_007 + i
                     size = np.random.default_rng(scene_seed).integers(points, int(1.6 * points) + 1)
-                    items.append(room_scene(int(size), scene_seed))
+                    items.append(room_scene(int(size), scene_seed, instances=True))
                     step(1)
                 for key, value in concat_scenes(items).items():
                     arrays[f"{split}_{key}"] = value
         return arrays
 
-    key = f"{name}-seed{seed}-v{GENERATOR_VERSION}"
+    key = f"{name}-seed{seed}-v{POINTS_VERSION}"
     arrays = cached_arrays(key, make, use_cache=cache)
     return PointTaskData(
         name=name,
@@ -199,6 +201,7 @@ def _scenes_points(name: str, points: int, seed: int, progress: bool, cache: boo
         rgb={s: torch.from_numpy(arrays[f"{s}_rgb"]) for s in SPLITS},
         label={s: torch.from_numpy(arrays[f"{s}_label"]) for s in SPLITS},
         offsets={s: torch.from_numpy(arrays[f"{s}_offsets"]) for s in SPLITS},
+        instance={s: torch.from_numpy(arrays[f"{s}_instance"]) for s in SPLITS},
         class_names=list(SCENE_CLASSES),
     )
 

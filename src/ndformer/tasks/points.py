@@ -2,13 +2,13 @@
 
 ``PointTaskData`` holds every split as concatenated arrays with per-scene offsets;
 ``batch`` gathers scenes into one padding-free ``PointBatch`` (a scene index per
-point) and, given a generator, augments each scene: a random rotation about the up
-axis (z), isotropic scaling, jitter, flips of x and y, and point dropout.
+point) and, given a generator, augments each scene (``point_augment``): its object
+instances moved or dropped if asked (scenes with instance ids), then a random rotation
+about the up axis (z), isotropic scaling, jitter, flips of x and y, and point dropout.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,69 +19,10 @@ import torch
 from ..errors import DataError
 from ..point_batch import PointBatch
 from .base import SPLITS, split_indices
+from .point_augment import Augment3D, InstanceAugment, mix_scenes
 
 #: Labels below 0 mark unlabelled points: no loss, not scored.
 IGNORE = -1
-
-
-@dataclass
-class Augment3D:
-    """Scene augmentation: rotation about z, scaling, jitter (sigma, clipped at 3 sigma),
-    x/y flips with probability 1/2 each, and dropout of up to ``dropout`` of the points."""
-
-    rotate: bool = True
-    scale: tuple[float, float] = (0.9, 1.1)
-    jitter: float = 0.005
-    flip: bool = True
-    dropout: float = 0.2
-
-    def __call__(self, xyz, rgb, label, gen: torch.Generator):
-        n = xyz.shape[0]
-        if self.dropout:
-            rate = float(torch.rand((), generator=gen)) * self.dropout
-            keep = torch.rand(n, generator=gen) >= rate
-            if keep.sum() >= 1:
-                xyz, rgb, label = xyz[keep], rgb[keep], label[keep]
-        transform = torch.eye(3)
-        if self.rotate:
-            angle = float(torch.rand((), generator=gen)) * 2 * math.pi
-            c, s = math.cos(angle), math.sin(angle)
-            transform[:2, :2] = torch.tensor([[c, -s], [s, c]])
-        lo, hi = self.scale
-        transform = transform * (lo + (hi - lo) * float(torch.rand((), generator=gen)))
-        if self.flip:
-            signs = torch.where(torch.rand(2, generator=gen) < 0.5, -1.0, 1.0)
-            transform[:, :2] = transform[:, :2] * signs
-        xyz = xyz @ transform.T
-        if self.jitter:
-            noise = torch.randn(xyz.shape, generator=gen) * self.jitter
-            xyz = xyz + noise.clamp(-3 * self.jitter, 3 * self.jitter)
-        return xyz, rgb, label
-
-
-def mix_scenes(parts: list[tuple], probability: float, gen: torch.Generator) -> list[tuple]:
-    """Scene mixing (Mix3D, as Volt trains): consecutive pairs of (xyz, features, labels)
-    scenes become one scene with probability ``probability`` each: both are moved to
-    stand on one spot (horizontal centroid at 0, floor at 0 on the last axis, up) and
-    their points, features and labels concatenated, every point keeping its label. A
-    last scene without a partner stays alone."""
-    out = []
-    for first in range(0, len(parts) - 1, 2):
-        a, b = parts[first], parts[first + 1]
-        if float(torch.rand((), generator=gen)) < probability:
-            pairs = zip(_grounded(a), _grounded(b), strict=True)
-            out.append(tuple(torch.cat(pair) for pair in pairs))
-        else:
-            out += [a, b]
-    if len(parts) % 2:
-        out.append(parts[-1])
-    return out
-
-
-def _grounded(part: tuple) -> tuple:
-    xyz, features, labels = part
-    spot = torch.cat((xyz[:, :-1].mean(0), xyz[:, -1:].amin(0)))
-    return xyz - spot, features, labels
 
 
 @dataclass
@@ -92,6 +33,8 @@ class PointTaskData:
     ``label[split]`` int64 [P] (``IGNORE`` = unlabelled), ``offsets[split]`` int64
     [scenes + 1]: scene i is points ``offsets[i]:offsets[i+1]``. ``voxel_size`` and
     ``patch`` are the suggested tokenization (metres, voxels per token axis).
+    ``instance[split]`` int32 [P]: the object each point belongs to (ids unique within
+    a scene), or ``instance`` None (user data): what ``instance_augmentation`` moves.
     """
 
     name: str
@@ -108,6 +51,8 @@ class PointTaskData:
     ndim: int = 3
     teacher_model: str = "voxconv-tiny"
     metric: str = "miou"
+    instance: dict[str, torch.Tensor] | None = None
+    instance_augmentation: InstanceAugment = field(default_factory=InstanceAugment)
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -128,6 +73,10 @@ class PointTaskData:
                     f"{self.name}: {split} labels reach {int(label.max())}, outside [0,"
                     f" {self.num_classes - 1}] for {self.num_classes} classes"
                 )
+        for split, ids in (self.instance or {}).items():
+            if ids.shape != self.label[split].shape:
+                raise ValueError(f"{self.name}: {split} instance ids have shape"
+                                 f" {tuple(ids.shape)}, expected one per point")  # fmt: skip
         if (self.rgb["train"] is None) != any(self.rgb[s] is None for s in SPLITS):
             raise ValueError(f"{self.name}: either every split has colours or none has")
 
@@ -155,14 +104,22 @@ class PointTaskData:
         index: Sequence[int] | torch.Tensor,
         gen: torch.Generator | None = None,
         mix: float = 0.0,
+        instance_aug: float = 0.0,
     ) -> tuple[PointBatch, torch.Tensor]:
         """Scenes ``index`` of ``split`` as one ``PointBatch`` and their labels [N];
-        augmented (``augmentation``, then ``mix_scenes`` with probability ``mix``) when a
-        generator is given."""
+        augmented when a generator is given: ``instance_augmentation`` with probability
+        ``instance_aug`` per instance (if > 0; without ``instance`` ids only its colour
+        dropout), ``augmentation``, then ``mix_scenes`` with probability ``mix``."""
         parts = []
         for i in torch.as_tensor(index).tolist():
             xyz, rgb, label = self.scene(split, i)
             rgb = torch.zeros(len(xyz), 0) if rgb is None else rgb.float() / 255
+            if gen is not None and instance_aug:
+                lo, hi = int(self.offsets[split][i]), int(self.offsets[split][i + 1])
+                ids = None if self.instance is None else self.instance[split][lo:hi]
+                xyz, rgb, label, _ = self.instance_augmentation(
+                    xyz.float(), rgb, label, ids, instance_aug, gen
+                )
             if gen is not None:
                 xyz, rgb, label = self.augmentation(xyz.float(), rgb, label, gen)
             parts.append((xyz, rgb, label))
@@ -187,7 +144,8 @@ def from_scenes(
     num_classes: int,
     **extra,
 ) -> PointTaskData:
-    """``PointTaskData`` from per-split lists of (xyz [n, 3], rgb [n, 3] or None, label [n])."""
+    """``PointTaskData`` from per-split lists of (xyz [n, 3], rgb [n, 3] or None, label [n])
+    or of (xyz, rgb, label, instance ids [n]) (then ``instance`` holds them)."""
     arrays = {}
     for split, items in scenes.items():
         if not items:
@@ -203,20 +161,26 @@ def from_scenes(
         },
         label={s: torch.from_numpy(a["label"]).long() for s, a in arrays.items()},
         offsets={s: torch.from_numpy(a["offsets"]) for s, a in arrays.items()},
+        instance=None
+        if any("instance" not in a for a in arrays.values())
+        else {s: torch.from_numpy(a["instance"]) for s, a in arrays.items()},
         **extra,
     )
 
 
 def concat_scenes(items) -> dict[str, np.ndarray]:
-    """Scenes (xyz, rgb or None, label) -> concatenated ``xyz``, ``rgb``, ``label``, ``offsets``."""
-    sizes = [len(xyz) for xyz, _, _ in items]
+    """Scenes (xyz, rgb or None, label[, instance]) -> concatenated ``xyz``, ``rgb``,
+    ``label``, ``offsets`` (and int32 ``instance`` if every scene has instance ids)."""
+    sizes = [len(item[0]) for item in items]
     out = dict(
-        xyz=np.concatenate([xyz for xyz, _, _ in items]).astype(np.float32),
-        label=np.concatenate([label for _, _, label in items]).astype(np.int64),
+        xyz=np.concatenate([item[0] for item in items]).astype(np.float32),
+        label=np.concatenate([item[2] for item in items]).astype(np.int64),
         offsets=np.concatenate(([0], np.cumsum(sizes))).astype(np.int64),
     )
-    if all(rgb is not None for _, rgb, _ in items):
-        out["rgb"] = np.concatenate([rgb for _, rgb, _ in items]).astype(np.uint8)
+    if all(item[1] is not None for item in items):
+        out["rgb"] = np.concatenate([item[1] for item in items]).astype(np.uint8)
+    if all(len(item) > 3 for item in items):
+        out["instance"] = np.concatenate([item[3] for item in items]).astype(np.int32)
     return out
 
 

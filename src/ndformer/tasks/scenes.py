@@ -159,9 +159,11 @@ def _sample(surface: Surface, count: int, rng) -> np.ndarray:
     )
 
 
-def room_scene(points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def room_scene(points: int, seed: int, instances: bool = False) -> tuple[np.ndarray, ...]:
     """One generated room with ``points`` points: xyz float32 [n, 3] (metres, z up),
-    rgb uint8 [n, 3] and labels int64 [n] indexing ``SCENE_CLASSES``."""
+    rgb uint8 [n, 3] and labels int64 [n] indexing ``SCENE_CLASSES``; with
+    ``instances``, also instance ids int32 [n]: 0 the floor, 1-4 the walls, 5, 6, ...
+    one per piece of furniture (the same xyz, rgb and labels either way)."""
     if points < 100:
         raise ValueError(f"a scene needs at least 100 points, got {points}")
     rng = np.random.default_rng(seed)
@@ -178,6 +180,7 @@ def room_scene(points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         ("rect", ((0, 0, 0), (0, room_d, 0), (0, 0, room_h)), WALL, wall_colour),
         ("rect", ((room_w, 0, 0), (0, room_d, 0), (0, 0, room_h)), WALL, wall_colour),
     ]
+    owners = list(range(len(surfaces)))  # the instance of each surface
     taken: list[tuple] = []
     for kind, (low, high) in _COUNTS.items():
         for _ in range(int(rng.integers(low, high + 1))):
@@ -188,25 +191,27 @@ def room_scene(points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
                 continue
             x, y, turns, _, _ = spot
             shade = colour()
-            surfaces += [
-                _transform(s, x, y, turns, w, d) for s in _furniture(kind, w, d, rng, shade)
-            ]
+            parts = [_transform(s, x, y, turns, w, d) for s in _furniture(kind, w, d, rng, shade)]
+            owners += [owners[-1] + 1] * len(parts)
+            surfaces += parts
     areas = np.array([_area(s) for s in surfaces])
     counts = rng.multinomial(points, areas / areas.sum())
-    xyz, rgb, labels = [], [], []
-    for surface, count in zip(surfaces, counts, strict=True):
+    xyz, rgb, labels, ids = [], [], [], []
+    for surface, owner, count in zip(surfaces, owners, counts, strict=True):
         if count:
             xyz.append(_sample(surface, count, rng))
             rgb.append(np.broadcast_to(surface[3], (count, 3)))
             labels.append(np.full(count, surface[2]))
+            ids.append(np.full(count, owner, dtype=np.int32))
     xyz_all = np.concatenate(xyz) + rng.normal(0, NOISE, (points, 3))
     angle = rng.uniform(0, 2 * math.pi)
     c, s = math.cos(angle), math.sin(angle)
     xyz_all[:, :2] = xyz_all[:, :2] @ np.array([[c, s], [-s, c]])
     rgb_all = np.clip(np.concatenate(rgb) + rng.normal(0, 12, (points, 3)), 0, 255)
     order = rng.permutation(points)  # no order that would give the labels away
-    return (
+    out = (
         xyz_all[order].astype(np.float32),
         rgb_all[order].astype(np.uint8),
         np.concatenate(labels)[order].astype(np.int64),
     )
+    return (*out, np.concatenate(ids)[order]) if instances else out

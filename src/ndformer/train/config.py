@@ -70,6 +70,12 @@ class TrainConfig:
     ema: float = 0.0
     #: Point scenes: the probability that two scenes of a batch are mixed into one.
     mix: float = 0.0
+    #: Point scenes: the probability that each object (furniture instance) of a training
+    #: scene is turned, flipped, scaled and shifted about its base, or dropped, before the
+    #: scene augmentation; also drops a scene's colours now and then (Volt's). Objects
+    #: are known from instance ids (generated scenes-points have them); scenes without
+    #: ids (user data) get the colour dropout alone. 0: off.
+    instance_aug: float = 0.0
     #: Distillation from ``teacher``: "soft" (KL to its logits at ``temperature``) or
     #: "hard" (cross-entropy of a separate head against its argmax labels; Volt's).
     distill: str = "soft"
@@ -101,6 +107,9 @@ class TrainConfig:
             raise ValueError(f"distill must be soft or hard, got {self.distill!r}")
         if not 0 <= self.mix <= 1:
             raise ValueError(f"mix (a probability) must be in [0, 1], got {self.mix}")
+        if not 0 <= self.instance_aug <= 1:
+            raise ValueError(f"instance_aug (a probability) must be in [0, 1], got"
+                             f" {self.instance_aug}")  # fmt: skip
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
 

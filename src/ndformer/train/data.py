@@ -81,12 +81,16 @@ def num_samples(data: Data, split: str) -> int:
 
 
 def make_batch(data: Data, split: str, index, gen: torch.Generator | None = None,
-               mix: float = 0.0):  # fmt: skip
+               mix: float = 0.0, instance_aug: float = 0.0):  # fmt: skip
     """(model input, labels) of the samples ``index`` of ``split``, augmented if ``gen`` is
     given: a normalised float batch for grids, a ``PointBatch`` (labels [N]) for points
-    (pairs of scenes mixed into one with probability ``mix``)."""
+    (each object moved or dropped with probability ``instance_aug`` first, pairs of
+    scenes mixed into one with probability ``mix`` last)."""
     if isinstance(data, PointTaskData):
-        return data.batch(split, index, gen, mix)
+        return data.batch(split, index, gen, mix, instance_aug)
+    if instance_aug and gen is not None:
+        raise TrainingError(f"--instance-aug moves objects of point scenes; {data.name} holds"
+                            " grids")  # fmt: skip
     x, y = data.x[split][index].float(), data.y[split][index]
     if gen is not None:
         x, y = augment(data, x, y, gen)

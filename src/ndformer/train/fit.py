@@ -277,7 +277,9 @@ def _global_batch(config: TrainConfig, data: Data, index, step: int, where: Worl
     stochastic depth seeded by the step), and this process's share of it."""
     torch.manual_seed(step_seed(config.seed, step))  # stochastic depth
     gen = torch.Generator().manual_seed(step_seed(config.seed, step) + 1)
-    batch = make_batch(data, "train", index, gen if config.augment else None, config.mix)
+    batch = make_batch(
+        data, "train", index, gen if config.augment else None, config.mix, config.instance_aug
+    )
     return share(batch, where)
 
 

@@ -211,7 +211,9 @@ def _time_steps(config: TrainConfig, data: Data, model) -> float:
         tick = time.perf_counter()
         index = batch_indices(config, n, step)
         gen = torch.Generator().manual_seed(step_seed(config.seed, step) + 1)
-        batch = make_batch(data, "train", index, gen if config.augment else None, config.mix)
+        batch = make_batch(
+            data, "train", index, gen if config.augment else None, config.mix, config.instance_aug
+        )
         train_step(model, optimizer, config, step, batch)
         times.append(time.perf_counter() - tick)
     torch.set_rng_state(rng_state)
