@@ -165,7 +165,8 @@ def _budget_text(settings: dict[str, Any], notes: dict[str, Any]) -> str:
     samples = settings["steps"] * settings["batch_size"]
     return (
         f"the same {samples:,} training samples for every entry ({settings['steps']} steps"
-        f" of {settings['batch_size']}): deterministic, independent of the machine"
+        f" of {settings['batch_size']}): deterministic, independent of the machine's load"
+        " (another instruction set, e.g. AVX-512 against AVX2, sums in another order)"
     )
 
 
