@@ -24,7 +24,7 @@ def shapes(draw, min_ndim=1, max_ndim=4, min_side=1):
     return tuple(draw(st.integers(min_side, MAX_SIDE[ndim])) for _ in range(ndim))
 
 
-def _int_or_tuple(draw, values):
+def int_or_tuple(draw, values):
     """One value for all axes when they agree and the draw says so, else a tuple."""
     values = tuple(values)
     if len(set(values)) == 1 and draw(st.booleans()):
@@ -34,9 +34,9 @@ def _int_or_tuple(draw, values):
 
 @st.composite
 def windows(draw, shape):
-    size = _int_or_tuple(draw, [draw(st.integers(1, n + 2)) for n in shape])
-    shift = _int_or_tuple(draw, [draw(st.integers(-3, 6)) for _ in shape])
-    dilation = _int_or_tuple(draw, [draw(st.integers(1, 3)) for _ in shape])
+    size = int_or_tuple(draw, [draw(st.integers(1, n + 2)) for n in shape])
+    shift = int_or_tuple(draw, [draw(st.integers(-3, 6)) for _ in shape])
+    dilation = int_or_tuple(draw, [draw(st.integers(1, 3)) for _ in shape])
     return ("window", size, shift, dilation), P.Window(size, shift=shift, dilation=dilation)
 
 
@@ -47,11 +47,11 @@ def neighborhoods(draw, shape):
         d = draw(st.integers(1, min(3, n)))
         dilations.append(d)
         kernels.append(draw(st.integers(1, n // d)))
-    kernel, dilation = _int_or_tuple(draw, kernels), _int_or_tuple(draw, dilations)
+    kernel, dilation = int_or_tuple(draw, kernels), int_or_tuple(draw, dilations)
     causal = draw(st.booleans() | st.tuples(*[st.booleans() for _ in shape]))
     # a stride (stride groups sharing one window) in about a third of the draws
     strides = [draw(st.integers(1, k)) if draw(st.integers(0, 2)) == 0 else 1 for k in kernels]
-    stride = _int_or_tuple(draw, strides)
+    stride = int_or_tuple(draw, strides)
     spec = ("neighborhood", kernel, dilation, causal, stride)
     return spec, P.Neighborhood(kernel, dilation=dilation, causal=causal, stride=stride)
 

@@ -13,6 +13,7 @@ from ndformer import pattern as parse_pattern
 from ndformer.backends import Call
 from ndformer.choice import explain
 from ndformer.patterns import RotatedSets
+from strategies import int_or_tuple
 
 
 def per_axis(value, ndim):
@@ -62,14 +63,6 @@ def canonical(labels) -> list[int]:
 
 
 @st.composite
-def int_or_tuple(draw, values):
-    values = tuple(values)
-    if len(set(values)) == 1 and draw(st.booleans()):
-        return values[0]
-    return values
-
-
-@st.composite
 def rotated_cases(draw, max_tokens=40):
     """(points, window, set_size, axis, shift) in 1-D..4-D, several scenes, with
     repeated coordinates now and then."""
@@ -82,8 +75,8 @@ def rotated_cases(draw, max_tokens=40):
     scenes = draw(st.integers(1, 3))
     batch = [draw(st.integers(0, scenes - 1)) for _ in coords]
     points = Points(torch.tensor(coords), torch.tensor(batch))
-    window = draw(int_or_tuple([draw(st.integers(1, 7)) for _ in range(ndim)]))
-    shift = draw(int_or_tuple([draw(st.integers(-3, 9)) for _ in range(ndim)]))
+    window = int_or_tuple(draw, [draw(st.integers(1, 7)) for _ in range(ndim)])
+    shift = int_or_tuple(draw, [draw(st.integers(-3, 9)) for _ in range(ndim)])
     set_size = draw(st.integers(1, 12))
     axis = draw(st.integers(-ndim, ndim - 1))
     return points, window, set_size, axis, shift

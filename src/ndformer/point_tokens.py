@@ -83,13 +83,18 @@ class PatchGrid(nn.Module):
         lowest = lowest.scatter_reduce(0, index, xyz.detach(), "amin")
         return (xyz - lowest[batch]) / self.voxel_size
 
-    def patches(self, scaled: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(patch_coords [N, ndim] int64, unique [T, 1 + ndim]: every occupied (scene,
-        patch) row, sorted; point_token [N]: each point's row) from ``scaled`` voxel
-        coordinates [N, ndim] and ``batch`` [N]."""
+    def locate(
+        self, xyz: torch.Tensor, features: torch.Tensor | None, batch: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Points]:
+        """Every point's place, after the input checks: (scaled voxel coordinates [N, ndim]
+        (``scaled``), patch_coords [N, ndim] int64, point_token [N]: the index of the
+        point's occupied (scene, patch), and the tokens' ``Points`` layout of those
+        patches, sorted)."""
+        batch = self._check(xyz, features, batch)
+        scaled = self.scaled(xyz, batch)
         patch_coords = torch.floor(scaled.detach()).long() // self.patch
         unique, point_token = _unique_rows(torch.cat((batch[:, None], patch_coords), dim=1))
-        return patch_coords, unique, point_token
+        return scaled, patch_coords, point_token, Points(unique[:, 1:], batch=unique[:, 0])
 
 
 class PointTokenizer(PatchGrid):
@@ -144,12 +149,10 @@ class PointTokenizer(PatchGrid):
 
         Returns (inputs [N, ndim + in_chans]: the point's offset in its patch, in [0, 1),
         then its features; point_token [N]: its token; the tokens' ``Points`` layout)."""
-        batch = self._check(xyz, features, batch)
-        scaled = self.scaled(xyz, batch)
-        patch_coords, unique, point_token = self.patches(scaled, batch)
+        scaled, patch_coords, point_token, layout = self.locate(xyz, features, batch)
         offsets = (scaled / self.patch - patch_coords.to(xyz.dtype)).clamp(0, 1 - 1e-6)
         inputs = offsets if not self.in_chans else torch.cat((offsets, features), dim=1)
-        return inputs, point_token, Points(unique[:, 1:], batch=unique[:, 0])
+        return inputs, point_token, layout
 
     def embed(
         self, inputs: torch.Tensor, point_token: torch.Tensor, num_tokens: int

@@ -66,15 +66,13 @@ class VoxelTokenizer(PatchGrid):
         """The data-dependent half (no weights): (inputs [N, in_chans], the features;
         point_voxel [N] int64, ``token * patch^ndim + cell``; the tokens' ``Points``
         layout: integer patch coordinates and scenes, sorted)."""
-        batch = self._check(xyz, features, batch)
-        scaled = self.scaled(xyz, batch)
-        patch_coords, unique, point_token = self.patches(scaled, batch)
+        scaled, patch_coords, point_token, layout = self.locate(xyz, features, batch)
         within = torch.floor(scaled.detach()).long() - patch_coords * self.patch
         cell = torch.zeros_like(point_token)
         for axis in range(self.ndim):
             cell = cell * self.patch + within[:, axis]
         inputs = features if self.in_chans else xyz.new_zeros(len(xyz), 0)
-        return inputs, point_token * self.cells + cell, Points(unique[:, 1:], batch=unique[:, 0])
+        return inputs, point_token * self.cells + cell, layout
 
     def voxel_features(
         self, inputs: torch.Tensor, point_voxel: torch.Tensor, num_tokens: int
